@@ -1,0 +1,3 @@
+"""regcache: a pull-through caching OCI registry."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m regcache` runs the command line."""
+
+from regcache.cli import main
+
+raise SystemExit(main())

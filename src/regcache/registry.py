@@ -1,0 +1,165 @@
+"""The hosted registry: the distribution API's operations over the store, with its rules.
+
+HTTP handlers call this; it never sees a request. It keeps the store consistent: content
+is committed before metadata points at it, and deleted only when nothing points at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from regcache.config import Settings
+from regcache.digest import Digest
+from regcache.errors import ErrorCode, RegistryError
+from regcache.manifest import Manifest, parse_manifest
+from regcache.store import BlobStore, Metadata, StoredManifest, Upload, Uploads
+
+
+class Registry:
+    """Repositories of pushed content in one data directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.blobs = BlobStore(settings.data_dir)
+        self.uploads = Uploads(self.blobs)
+        self.meta = Metadata(settings.data_dir / "metadata.db")
+        self._committing: dict[Digest, int] = {}
+
+    def open(self) -> None:
+        self.blobs.open()
+        self.uploads.open()
+        self.meta.open()
+
+    def close(self) -> None:
+        self.meta.close()
+
+    # blobs
+
+    def blob_path(self, repo: str, digest: Digest) -> tuple[Path, int]:
+        """The file and size of a blob linked to `repo`, or BLOB_UNKNOWN."""
+        if self.meta.blob_linked(repo, digest):
+            size = self.blobs.size(digest)
+            if size is not None:
+                return self.blobs.path(digest), size
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to {repo}")
+
+    async def finish_upload(self, upload: Upload, digest: Digest) -> None:
+        """Verify and commit an upload, then link the blob to its repository."""
+        self._committing[digest] = self._committing.get(digest, 0) + 1
+        try:
+            await self.uploads.finish(upload, digest)
+            self.meta.link_blob(upload.repo, digest)
+        finally:
+            self._release(digest)
+
+    def _release(self, digest: Digest) -> None:
+        count = self._committing.pop(digest) - 1
+        if count:
+            self._committing[digest] = count
+
+    def mount(self, repo: str, digest: Digest, source: str) -> bool:
+        """Link a blob of `source` into `repo`; False when `source` does not hold it."""
+        if not self.meta.blob_linked(source, digest) or self.blobs.size(digest) is None:
+            return False
+        self.meta.link_blob(repo, digest)
+        return True
+
+    async def delete_blob(self, repo: str, digest: Digest) -> None:
+        if not self.meta.unlink_blob(repo, digest):
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to {repo}")
+        await self._collect(digest)
+
+    async def _collect(self, digest: Digest) -> None:
+        """Delete content that no repository refers to any more."""
+        if digest not in self._committing and not self.meta.content_referenced(digest):
+            await asyncio.to_thread(self.blobs.delete, digest)
+
+    # manifests
+
+    def _resolve(self, repo: str, reference: str | Digest) -> Digest:
+        if isinstance(reference, Digest):
+            return reference
+        digest = self.meta.resolve_tag(repo, reference)
+        if digest is None:
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"tag {reference!r} unknown to {repo}")
+        return digest
+
+    def manifest(self, repo: str, reference: str | Digest) -> StoredManifest:
+        """The stored manifest a tag or digest names in `repo`, or MANIFEST_UNKNOWN."""
+        digest = self._resolve(repo, reference)
+        stored = self.meta.manifest(repo, digest)
+        if stored is None:
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {digest} unknown to {repo}")
+        return stored
+
+    async def manifest_bytes(self, stored: StoredManifest) -> bytes:
+        return await asyncio.to_thread(self.blobs.read, stored.digest)
+
+    async def put_manifest(
+        self, repo: str, reference: str | Digest, body: bytes, content_type: str | None
+    ) -> tuple[Digest, Manifest]:
+        """Validate and store a manifest, tagging it when `reference` is a tag."""
+        manifest = parse_manifest(body, content_type)
+        algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
+        digest = Digest.of(body, algorithm)
+        if isinstance(reference, Digest) and digest != reference:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID, f"manifest digest is {digest}, not {reference}"
+            )
+        self._check_references(repo, manifest)
+        self._committing[digest] = self._committing.get(digest, 0) + 1
+        try:
+            await asyncio.to_thread(self.blobs.write, body, digest)
+            tag = None if isinstance(reference, Digest) else reference
+            self.meta.put_manifest(repo, digest, len(body), manifest, tag)
+        finally:
+            self._release(digest)
+        return digest, manifest
+
+    def _check_references(self, repo: str, manifest: Manifest) -> None:
+        missing = [
+            str(d.digest)
+            for d in manifest.blobs
+            if not d.external and not self.meta.blob_linked(repo, d.digest)
+        ]
+        missing += [
+            str(d.digest) for d in manifest.children if self.meta.manifest(repo, d.digest) is None
+        ]
+        if missing:
+            raise RegistryError(
+                ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                f"manifest references content unknown to {repo}",
+                detail={"missing": missing[:20]},
+            )
+
+    async def delete_manifest(self, repo: str, reference: str | Digest) -> None:
+        """Delete a tag, or a manifest with every tag that points at it."""
+        if not isinstance(reference, Digest):
+            if not self.meta.delete_tag(repo, reference):
+                raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"tag {reference!r} unknown")
+            return
+        if not self.meta.delete_manifest(repo, reference):
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} unknown")
+        await self._collect(reference)
+
+    # listings
+
+    def _require_repo(self, repo: str) -> None:
+        if not self.meta.repo_exists(repo):
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {repo!r} unknown")
+
+    def tags(self, repo: str, last: str | None, limit: int) -> list[str]:
+        self._require_repo(repo)
+        return self.meta.tags(repo, last, limit)
+
+    def repositories(self, last: str | None, limit: int) -> list[str]:
+        return self.meta.repositories(last, limit)
+
+    def referrers(
+        self, repo: str, subject: Digest, artifact_type: str | None
+    ) -> list[StoredManifest]:
+        found = self.meta.referrers(repo, subject)
+        if artifact_type is not None:
+            found = [m for m in found if m.artifact_type == artifact_type]
+        return found

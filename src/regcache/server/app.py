@@ -1,0 +1,68 @@
+"""The aiohttp application: wiring, error middleware and common headers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from regcache.config import Settings
+from regcache.errors import RegistryError
+from regcache.registry import Registry
+from regcache.server import distribution
+from regcache.server.keys import REGISTRY
+
+log = logging.getLogger("regcache.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+def error_response(error: RegistryError) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=error.body(),
+        headers={"Content-Type": "application/json", **API_VERSION, **error.headers},
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn `RegistryError` into the spec's JSON; never let a traceback reach a client."""
+    try:
+        response = await handler(request)
+    except RegistryError as error:
+        return error_response(error)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.Response(
+            status=500,
+            body=json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error"}]}),
+            headers={"Content-Type": "application/json", **API_VERSION},
+        )
+    response.headers.update(API_VERSION)
+    return response
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The whole server for `settings`; the store opens on start-up."""
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=settings.manifest_max_bytes
+    )
+    registry = Registry(settings)
+    app[REGISTRY] = registry
+
+    async def open_store(_: web.Application) -> None:
+        registry.open()
+
+    async def close_store(_: web.Application) -> None:
+        registry.close()
+
+    app.on_startup.append(open_store)
+    app.on_cleanup.append(close_store)
+    distribution.add_routes(app)
+    return app

@@ -1,0 +1,52 @@
+"""Manifest endpoints: the stored bytes and media type, returned unchanged."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from regcache.errors import ErrorCode, RegistryError
+from regcache.reference import parse_reference
+from regcache.server.keys import REGISTRY
+
+
+async def get_manifest(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
+    registry = request.app[REGISTRY]
+    stored = registry.manifest(repo, parse_reference(arg))
+    headers = {"Content-Type": stored.media_type, "Docker-Content-Digest": str(stored.digest)}
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(stored.size)
+        return web.Response(headers=headers)
+    return web.Response(body=await registry.manifest_bytes(stored), headers=headers)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> RegistryError:
+    return RegistryError(ErrorCode.PAYLOAD_TOO_LARGE, f"manifest is larger than {limit} bytes")
+
+
+async def put_manifest(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
+    registry = request.app[REGISTRY]
+    reference = parse_reference(arg)
+    body = await _read_limited(request, registry.settings.manifest_max_bytes)
+    digest, manifest = await registry.put_manifest(
+        repo, reference, body, request.headers.get("Content-Type")
+    )
+    headers = {"Location": f"/v2/{repo}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
+    if manifest.subject is not None:
+        headers["OCI-Subject"] = str(manifest.subject.digest)
+    return web.Response(status=201, headers=headers)
+
+
+async def delete_manifest(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
+    await request.app[REGISTRY].delete_manifest(repo, parse_reference(arg))
+    return web.Response(status=202)

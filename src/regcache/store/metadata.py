@@ -1,0 +1,245 @@
+"""Metadata in SQLite (WAL): repositories, blob links, manifests, tags and references.
+
+Blob and manifest *content* lives in the blob store; this database says which repository
+holds what. Calls are short and synchronous; each write is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from regcache.digest import Digest
+from regcache.manifest import Manifest
+
+SCHEMA = """
+CREATE TABLE repositories (name TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE repo_blobs (
+    repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX repo_blobs_digest ON repo_blobs (digest);
+CREATE TABLE manifests (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    artifact_type TEXT,
+    subject TEXT,
+    annotations TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX manifests_subject ON manifests (repo, subject);
+CREATE INDEX manifests_digest ON manifests (digest);
+CREATE TABLE manifest_refs (
+    repo TEXT NOT NULL, manifest TEXT NOT NULL, child TEXT NOT NULL,
+    PRIMARY KEY (repo, manifest, child)
+) WITHOUT ROWID;
+CREATE TABLE tags (
+    repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (repo, tag)
+) WITHOUT ROWID;
+CREATE INDEX tags_digest ON tags (repo, digest);
+"""
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    """A manifest as the database knows it."""
+
+    digest: Digest
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+    def descriptor(self) -> dict[str, object]:
+        """The OCI descriptor of this manifest, as listed by the referrers API."""
+        entry: dict[str, object] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+        if self.artifact_type:
+            entry["artifactType"] = self.artifact_type
+        if self.annotations:
+            entry["annotations"] = self.annotations
+        return entry
+
+
+def _manifest(row: sqlite3.Row) -> StoredManifest:
+    annotations = json.loads(row["annotations"]) if row["annotations"] else None
+    return StoredManifest(
+        Digest.parse(row["digest"]),
+        row["media_type"],
+        row["size"],
+        row["artifact_type"],
+        annotations,
+    )
+
+
+class Metadata:
+    """The metadata database of one data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        elif version != SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: unknown schema version {version}")
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("metadata database is not open")
+        return self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # repositories
+
+    def _ensure_repo(self, db: sqlite3.Connection, repo: str) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", (repo, time.time())
+        )
+
+    def repo_exists(self, repo: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM repositories WHERE name = ?", (repo,)).fetchone()
+        return row is not None
+
+    def repositories(self, last: str | None, limit: int) -> list[str]:
+        rows = self.db.execute(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+            (last or "", limit),
+        )
+        return [row[0] for row in rows]
+
+    # blobs
+
+    def link_blob(self, repo: str, digest: Digest) -> None:
+        with self._transaction() as db:
+            self._ensure_repo(db, repo)
+            db.execute("INSERT OR IGNORE INTO repo_blobs VALUES (?, ?)", (repo, str(digest)))
+
+    def blob_linked(self, repo: str, digest: Digest) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, str(digest))
+        ).fetchone()
+        return row is not None
+
+    def unlink_blob(self, repo: str, digest: Digest) -> bool:
+        cursor = self.db.execute(
+            "DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, str(digest))
+        )
+        return cursor.rowcount > 0
+
+    def content_referenced(self, digest: Digest) -> bool:
+        """Whether any repository still links `digest` as a blob or a manifest."""
+        row = self.db.execute(
+            "SELECT 1 FROM repo_blobs WHERE digest = ?1"
+            " UNION ALL SELECT 1 FROM manifests WHERE digest = ?1 LIMIT 1",
+            (str(digest),),
+        ).fetchone()
+        return row is not None
+
+    # manifests and tags
+
+    def put_manifest(
+        self, repo: str, digest: Digest, size: int, manifest: Manifest, tag: str | None
+    ) -> None:
+        now = time.time()
+        key = str(digest)
+        annotations = json.dumps(manifest.annotations) if manifest.annotations else None
+        subject = str(manifest.subject.digest) if manifest.subject else None
+        with self._transaction() as db:
+            self._ensure_repo(db, repo)
+            db.execute(
+                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    repo,
+                    key,
+                    manifest.media_type,
+                    size,
+                    manifest.artifact_type,
+                    subject,
+                    annotations,
+                    now,
+                ),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO manifest_refs VALUES (?, ?, ?)",
+                [(repo, key, str(d.digest)) for d in manifest.blobs + manifest.children],
+            )
+            if tag is not None:
+                db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", (repo, tag, key, now))
+
+    def manifest(self, repo: str, digest: Digest) -> StoredManifest | None:
+        row = self.db.execute(
+            "SELECT * FROM manifests WHERE repo = ? AND digest = ?", (repo, str(digest))
+        ).fetchone()
+        return _manifest(row) if row else None
+
+    def resolve_tag(self, repo: str, tag: str) -> Digest | None:
+        row = self.db.execute(
+            "SELECT digest FROM tags WHERE repo = ? AND tag = ?", (repo, tag)
+        ).fetchone()
+        return Digest.parse(row[0]) if row else None
+
+    def delete_manifest(self, repo: str, digest: Digest) -> bool:
+        key = str(digest)
+        with self._transaction() as db:
+            deleted = db.execute(
+                "DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, key)
+            ).rowcount
+            db.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, key))
+            db.execute("DELETE FROM manifest_refs WHERE repo = ? AND manifest = ?", (repo, key))
+        return deleted > 0
+
+    def delete_tag(self, repo: str, tag: str) -> bool:
+        cursor = self.db.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
+        return cursor.rowcount > 0
+
+    def tags(self, repo: str, last: str | None, limit: int) -> list[str]:
+        rows = self.db.execute(
+            "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?",
+            (repo, last or "", limit),
+        )
+        return [row[0] for row in rows]
+
+    def referrers(self, repo: str, subject: Digest) -> list[StoredManifest]:
+        rows = self.db.execute(
+            "SELECT * FROM manifests WHERE repo = ? AND subject = ? ORDER BY digest",
+            (repo, str(subject)),
+        )
+        return [_manifest(row) for row in rows]

@@ -1,0 +1,1 @@
+"""Test tooling: locally generated OCI images and real registry peers on loopback."""
