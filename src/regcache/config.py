@@ -9,10 +9,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from regcache.reference import NAME_RE
 
 ENV_PREFIX = "REGCACHE_"
 
@@ -29,6 +39,84 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+DOCKER_HUB_HOSTS = frozenset(
+    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+
+
+class Upstream(BaseModel):
+    """A registry that regcache caches, selected by a path prefix (and, if `mirror`, by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    url: str
+    prefix: str
+    mirror: bool = False
+    docker_hub: bool | None = None  # None: decided from the URL's host
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    timeout: float = 30.0
+    retries: int = 2
+    tag_ttl: float = 300.0
+    immutable_tags: list[str] = []
+    mutable_tags: list[str] = []
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("must not hold credentials; use username and password_file")
+        return value.rstrip("/")
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError("must be a repository path such as docker.io or ghcr.io")
+        return value
+
+    @model_validator(mode="after")
+    def _check_password_sources(self) -> Upstream:
+        given = [self.password, self.password_file, self.password_env]
+        if sum(source is not None for source in given) > 1:
+            raise ValueError("give only one of password, password_file and password_env")
+        return self
+
+    @property
+    def is_docker_hub(self) -> bool:
+        if self.docker_hub is not None:
+            return self.docker_hub
+        return urlsplit(self.url).hostname in DOCKER_HUB_HOSTS
+
+    def secret(self) -> str | None:
+        """The upstream password, read from wherever the config says it is."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"upstream {self.name}: cannot read password_file {self.password_file}: "
+                    f"{exc.strerror}"
+                ) from exc
+        if self.password_env is not None:
+            if self.password_env not in os.environ:
+                raise ConfigError(
+                    f"upstream {self.name}: environment variable {self.password_env} is not set"
+                )
+            return os.environ[self.password_env]
+        return None
+
+
 class Settings(BaseSettings):
     """Everything regcache can be told. Every field is also `REGCACHE_<FIELD>`."""
 
@@ -39,6 +127,17 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     manifest_max_bytes: int = 4 * 1024 * 1024
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    upstreams: list[Upstream] = []
+
+    @model_validator(mode="after")
+    def _check_upstreams(self) -> Settings:
+        for field in ("name", "prefix"):
+            values = [getattr(upstream, field) for upstream in self.upstreams]
+            if len(values) != len(set(values)):
+                raise ValueError(f"upstreams: each {field} must be unique")
+        if sum(upstream.mirror for upstream in self.upstreams) > 1:
+            raise ValueError("upstreams: only one upstream can be the mirror")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -109,4 +208,4 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(_describe(exc, origin)) from exc
 
 
-__all__ = ["ConfigError", "Settings", "load_settings", "split_listen"]
+__all__ = ["ConfigError", "Settings", "Upstream", "load_settings", "split_listen"]

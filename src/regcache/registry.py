@@ -14,6 +14,7 @@ from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import Manifest, parse_manifest
 from regcache.store import BlobStore, Metadata, StoredManifest, Upload, Uploads
+from regcache.store.metadata import HOSTED
 
 
 class Registry:
@@ -78,6 +79,7 @@ class Registry:
     # manifests
 
     def _resolve(self, repo: str, reference: str | Digest) -> Digest:
+        self._require_repo(repo)
         if isinstance(reference, Digest):
             return reference
         digest = self.meta.resolve_tag(repo, reference)
@@ -108,14 +110,26 @@ class Registry:
                 ErrorCode.DIGEST_INVALID, f"manifest digest is {digest}, not {reference}"
             )
         self._check_references(repo, manifest)
+        tag = None if isinstance(reference, Digest) else reference
+        await self.store_manifest(repo, digest, body, manifest, tag, HOSTED)
+        return digest, manifest
+
+    async def store_manifest(
+        self,
+        repo: str,
+        digest: Digest,
+        body: bytes,
+        manifest: Manifest,
+        tag: str | None,
+        origin: str,
+    ) -> None:
+        """Write a verified manifest's bytes, then record it (and its tag) in `repo`."""
         self._committing[digest] = self._committing.get(digest, 0) + 1
         try:
             await asyncio.to_thread(self.blobs.write, body, digest)
-            tag = None if isinstance(reference, Digest) else reference
-            self.meta.put_manifest(repo, digest, len(body), manifest, tag)
+            self.meta.put_manifest(repo, digest, len(body), manifest, tag, origin)
         finally:
             self._release(digest)
-        return digest, manifest
 
     def _check_references(self, repo: str, manifest: Manifest) -> None:
         missing = [

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 
 from regcache.config import Settings
 from regcache.errors import RegistryError
+from regcache.proxy.cache import PullThrough
+from regcache.proxy.router import Router
 from regcache.registry import Registry
-from regcache.server import distribution
-from regcache.server.keys import REGISTRY
+from regcache.server import distribution, status
+from regcache.server.keys import PULL_THROUGH, REGISTRY, ROUTER
+from regcache.server.proxied import ResponseAborted
+from regcache.upstream import UpstreamClient
 
 log = logging.getLogger("regcache.server")
 
@@ -35,7 +40,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = await handler(request)
     except RegistryError as error:
         return error_response(error)
-    except web.HTTPException:
+    except (web.HTTPException, ResponseAborted):
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
@@ -54,15 +59,21 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[errors_middleware], client_max_size=settings.manifest_max_bytes
     )
     registry = Registry(settings)
+    pull_through = PullThrough(registry)
     app[REGISTRY] = registry
+    app[PULL_THROUGH] = pull_through
 
-    async def open_store(_: web.Application) -> None:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         registry.open()
-
-    async def close_store(_: web.Application) -> None:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64), auto_decompress=False, trust_env=False
+        ) as session:
+            app[ROUTER] = Router([UpstreamClient(u, session) for u in settings.upstreams])
+            yield
+            await pull_through.close()
         registry.close()
 
-    app.on_startup.append(open_store)
-    app.on_cleanup.append(close_store)
+    app.cleanup_ctx.append(lifecycle)
     distribution.add_routes(app)
+    status.add_routes(app)
     return app

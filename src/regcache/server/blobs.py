@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from aiohttp import web
 
@@ -32,14 +33,19 @@ def _has_body(request: web.Request) -> bool:
     return request.body_exists and request.content_length != 0
 
 
-async def get_blob(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
-    digest = Digest.parse(arg)
-    path, _size = request.app[REGISTRY].blob_path(repo, digest)
+def file_response(path: Path, digest: Digest) -> web.FileResponse:
+    """A stored blob, sent with sendfile; aiohttp answers `Range` with 206 or 416."""
     return web.FileResponse(
         path,
         chunk_size=CHUNK,
         headers={"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"},
     )
+
+
+async def get_blob(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
+    digest = Digest.parse(arg)
+    path, _size = request.app[REGISTRY].blob_path(repo, digest)
+    return file_response(path, digest)
 
 
 async def delete_blob(request: web.Request, repo: str, arg: str) -> web.StreamResponse:

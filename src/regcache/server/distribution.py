@@ -2,48 +2,81 @@
 
 Repository names contain slashes, so the path is matched from its end, the way the spec
 lays it out: `<name>/blobs/uploads/<id>`, `<name>/blobs/<digest>`, `<name>/manifests/<ref>`,
-`<name>/tags/list`, `<name>/referrers/<digest>`.
+`<name>/tags/list`, `<name>/referrers/<digest>`. A name under an upstream's prefix, or an
+unprefixed name pulled through the mirror upstream, goes to the cached endpoints.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from regcache.errors import ErrorCode, RegistryError
+from regcache.proxy.router import Remote
 from regcache.reference import validate_name
-from regcache.server import blobs, listings, manifests
+from regcache.server import blobs, listings, manifests, proxied
+from regcache.server.keys import REGISTRY, ROUTER
+from regcache.store.metadata import HOSTED
 
-Endpoint = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
+Hosted = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
+Cached = Callable[[web.Request, Remote, str], Awaitable[web.StreamResponse]]
+PULL_METHODS = ("GET", "HEAD")
 
-_ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
-    (
-        re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<arg>[^/]*)$"),
-        {
-            "POST": blobs.start_upload,
-            "PATCH": blobs.patch_upload,
-            "PUT": blobs.finish_upload,
-            "GET": blobs.upload_status,
-            "DELETE": blobs.cancel_upload,
-        },
+
+@dataclass(frozen=True)
+class Route:
+    pattern: re.Pattern[str]
+    hosted: dict[str, Hosted]
+    cached: dict[str, Cached]
+
+
+_UPLOADS = {
+    "POST": blobs.start_upload,
+    "PATCH": blobs.patch_upload,
+    "PUT": blobs.finish_upload,
+    "GET": blobs.upload_status,
+    "DELETE": blobs.cancel_upload,
+}
+_ROUTES = [
+    Route(
+        re.compile(r"(?P<name>.+)/blobs/uploads/(?P<arg>[^/]*)"),
+        _UPLOADS,
+        dict.fromkeys(_UPLOADS, proxied.deny_push),
     ),
-    (
-        re.compile(r"^(?P<name>.+)/blobs/(?P<arg>[^/]+)$"),
+    Route(
+        re.compile(r"(?P<name>.+)/blobs/(?P<arg>[^/]+)"),
         {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
+        {"GET": proxied.get_blob, "HEAD": proxied.get_blob, "DELETE": proxied.deny_push},
     ),
-    (
-        re.compile(r"^(?P<name>.+)/manifests/(?P<arg>[^/]+)$"),
+    Route(
+        re.compile(r"(?P<name>.+)/manifests/(?P<arg>[^/]+)"),
         {
             "GET": manifests.get_manifest,
             "HEAD": manifests.get_manifest,
             "PUT": manifests.put_manifest,
             "DELETE": manifests.delete_manifest,
         },
+        {
+            "GET": proxied.get_manifest,
+            "HEAD": proxied.get_manifest,
+            "PUT": proxied.deny_push,
+            "DELETE": proxied.deny_push,
+        },
     ),
-    (re.compile(r"^(?P<name>.+)/tags/(?P<arg>list)$"), {"GET": listings.tags}),
-    (re.compile(r"^(?P<name>.+)/referrers/(?P<arg>[^/]+)$"), {"GET": listings.referrers}),
+    Route(
+        re.compile(r"(?P<name>.+)/tags/(?P<arg>list)"),
+        {"GET": listings.tags},
+        {"GET": proxied.tags},
+    ),
+    Route(
+        re.compile(r"(?P<name>.+)/referrers/(?P<arg>[^/]+)"),
+        {"GET": listings.referrers},
+        {"GET": proxied.referrers},
+    ),
 ]
 
 
@@ -51,22 +84,38 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     """Route a /v2/ request to its endpoint, validating the repository name first."""
     path = request.match_info["path"]
     if path == "":
-        if request.method not in ("GET", "HEAD"):
+        if request.method not in PULL_METHODS:
             raise _unsupported(request)
         return web.json_response({})
     if path == "_catalog":
         if request.method != "GET":
             raise _unsupported(request)
         return await listings.catalog(request)
-    for pattern, methods in _ROUTES:
-        match = pattern.match(path)
+    for route in _ROUTES:
+        match = route.pattern.fullmatch(path)
         if match:
             name = validate_name(match["name"])
-            endpoint = methods.get(request.method)
+            remote = _remote(request, name)
+            endpoints: dict[str, Any] = route.cached if remote else route.hosted
+            endpoint = endpoints.get(request.method)
             if endpoint is None:
                 raise _unsupported(request)
-            return await endpoint(request, name, match["arg"])
+            return await endpoint(request, remote or name, match["arg"])
     raise RegistryError(ErrorCode.UNSUPPORTED, f"no such endpoint: /v2/{path[:200]}", status=404)
+
+
+def _remote(request: web.Request, name: str) -> Remote | None:
+    """The cached repository `name` stands for, or None for a hosted repository.
+
+    A prefixed name is always cached. An unprefixed pull goes through the mirror upstream
+    unless a hosted repository of that name exists; pushes always go to hosted repositories.
+    """
+    router = request.app[ROUTER]
+    remote = router.by_prefix(name)
+    hosted = request.app[REGISTRY].meta.repo_exists
+    if remote is None and request.method in PULL_METHODS and not hosted(name, HOSTED):
+        remote = router.by_mirror(name, request.query)
+    return remote
 
 
 def _unsupported(request: web.Request) -> RegistryError:
@@ -75,10 +124,10 @@ def _unsupported(request: web.Request) -> RegistryError:
     )
 
 
+async def dispatch_root(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/v2/")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v2/{path:.*}", dispatch)
     app.router.add_route("*", "/v2", dispatch_root)
-
-
-async def dispatch_root(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPMovedPermanently("/v2/")

@@ -2,6 +2,10 @@
 
 from aiohttp import web
 
+from regcache.proxy.cache import PullThrough
+from regcache.proxy.router import Router
 from regcache.registry import Registry
 
 REGISTRY = web.AppKey("registry", Registry)
+PULL_THROUGH = web.AppKey("pull_through", PullThrough)
+ROUTER = web.AppKey("router", Router)

@@ -51,7 +51,11 @@ async def catalog(request: web.Request) -> web.StreamResponse:
 
 
 async def referrers(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
-    subject = Digest.parse(arg)
+    return referrers_response(request, repo, Digest.parse(arg))
+
+
+def referrers_response(request: web.Request, repo: str, subject: Digest) -> web.Response:
+    """The referrers API's index of the manifests in `repo` whose subject is `subject`."""
     artifact_type = request.query.get("artifactType")
     found = request.app[REGISTRY].referrers(repo, subject, artifact_type)
     headers = {"Content-Type": OCI_INDEX}

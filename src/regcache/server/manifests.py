@@ -6,12 +6,20 @@ from aiohttp import web
 
 from regcache.errors import ErrorCode, RegistryError
 from regcache.reference import parse_reference
+from regcache.registry import Registry
 from regcache.server.keys import REGISTRY
+from regcache.store import StoredManifest
 
 
 async def get_manifest(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
     registry = request.app[REGISTRY]
-    stored = registry.manifest(repo, parse_reference(arg))
+    return await manifest_response(request, registry, registry.manifest(repo, parse_reference(arg)))
+
+
+async def manifest_response(
+    request: web.Request, registry: Registry, stored: StoredManifest
+) -> web.Response:
+    """The stored manifest's bytes and media type, unchanged (headers only for HEAD)."""
     headers = {"Content-Type": stored.media_type, "Docker-Content-Digest": str(stored.digest)}
     if request.method == "HEAD":
         headers["Content-Length"] = str(stored.size)

@@ -18,7 +18,9 @@ from regcache.digest import Digest
 from regcache.manifest import Manifest
 
 SCHEMA = """
-CREATE TABLE repositories (name TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE repositories (
+    name TEXT PRIMARY KEY, origin TEXT NOT NULL, created REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE repo_blobs (
     repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (repo, digest)
 ) WITHOUT ROWID;
@@ -47,6 +49,7 @@ CREATE TABLE tags (
 CREATE INDEX tags_digest ON tags (repo, digest);
 """
 SCHEMA_VERSION = 1
+HOSTED, CACHED = "hosted", "cache"  # a repository's origin: pushed here, or pulled through
 
 
 @dataclass(frozen=True)
@@ -129,14 +132,15 @@ class Metadata:
 
     # repositories
 
-    def _ensure_repo(self, db: sqlite3.Connection, repo: str) -> None:
+    def _ensure_repo(self, db: sqlite3.Connection, repo: str, origin: str) -> None:
         db.execute(
-            "INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", (repo, time.time())
+            "INSERT OR IGNORE INTO repositories (name, origin, created) VALUES (?, ?, ?)",
+            (repo, origin, time.time()),
         )
 
-    def repo_exists(self, repo: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM repositories WHERE name = ?", (repo,)).fetchone()
-        return row is not None
+    def repo_exists(self, repo: str, origin: str | None = None) -> bool:
+        row = self.db.execute("SELECT origin FROM repositories WHERE name = ?", (repo,)).fetchone()
+        return row is not None and origin in (None, row[0])
 
     def repositories(self, last: str | None, limit: int) -> list[str]:
         rows = self.db.execute(
@@ -147,9 +151,9 @@ class Metadata:
 
     # blobs
 
-    def link_blob(self, repo: str, digest: Digest) -> None:
+    def link_blob(self, repo: str, digest: Digest, origin: str = HOSTED) -> None:
         with self._transaction() as db:
-            self._ensure_repo(db, repo)
+            self._ensure_repo(db, repo, origin)
             db.execute("INSERT OR IGNORE INTO repo_blobs VALUES (?, ?)", (repo, str(digest)))
 
     def blob_linked(self, repo: str, digest: Digest) -> bool:
@@ -176,14 +180,20 @@ class Metadata:
     # manifests and tags
 
     def put_manifest(
-        self, repo: str, digest: Digest, size: int, manifest: Manifest, tag: str | None
+        self,
+        repo: str,
+        digest: Digest,
+        size: int,
+        manifest: Manifest,
+        tag: str | None,
+        origin: str = HOSTED,
     ) -> None:
         now = time.time()
         key = str(digest)
         annotations = json.dumps(manifest.annotations) if manifest.annotations else None
         subject = str(manifest.subject.digest) if manifest.subject else None
         with self._transaction() as db:
-            self._ensure_repo(db, repo)
+            self._ensure_repo(db, repo, origin)
             db.execute(
                 "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -215,6 +225,19 @@ class Metadata:
             "SELECT digest FROM tags WHERE repo = ? AND tag = ?", (repo, tag)
         ).fetchone()
         return Digest.parse(row[0]) if row else None
+
+    def tag_state(self, repo: str, tag: str) -> tuple[Digest, float] | None:
+        """The digest a tag points at and when that was last set or confirmed."""
+        row = self.db.execute(
+            "SELECT digest, updated FROM tags WHERE repo = ? AND tag = ?", (repo, tag)
+        ).fetchone()
+        return (Digest.parse(row[0]), row[1]) if row else None
+
+    def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        """Point a tag at a digest, or confirm that it still points there."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", (repo, tag, str(digest), time.time())
+        )
 
     def delete_manifest(self, repo: str, digest: Digest) -> bool:
         key = str(digest)

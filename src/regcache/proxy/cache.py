@@ -1,0 +1,136 @@
+"""Pull-through logic: manifests by digest from cache, tags revalidated by HEAD only after
+their TTL, stale copies served when the upstream is unavailable, blobs fetched once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from regcache.digest import Digest
+from regcache.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
+from regcache.policy import is_pinned_tag
+from regcache.proxy.download import Download, Downloads
+from regcache.proxy.router import Remote
+from regcache.registry import Registry
+from regcache.store import StoredManifest
+from regcache.store.metadata import CACHED
+from regcache.upstream import UpstreamError
+
+log = logging.getLogger("regcache.cache")
+ACCEPT = {"Accept": ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])}
+STALE_WARNING = '110 regcache "Response is Stale: upstream unavailable"'
+
+
+class PullThrough:
+    """Serves cached repositories, filling them from their upstream on demand."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.downloads = Downloads(registry.blobs)
+        self._manifest_fetches: dict[tuple[str, str], asyncio.Task[StoredManifest]] = {}
+
+    # manifests
+
+    async def manifest(
+        self, remote: Remote, reference: str | Digest
+    ) -> tuple[StoredManifest, str | None]:
+        """The manifest and, when it is served stale, a `Warning` header value."""
+        meta = self.registry.meta
+        if isinstance(reference, Digest):
+            stored = meta.manifest(remote.local, reference)
+            if stored is None:
+                stored = await self._fetch(remote, str(reference), None)
+            return stored, None
+        state = meta.tag_state(remote.local, reference)
+        stored = meta.manifest(remote.local, state[0]) if state else None
+        if state is None or stored is None:
+            return await self._fetch(remote, reference, reference), None
+        digest, checked = state
+        config = remote.upstream.config
+        if is_pinned_tag(reference, config) or time.time() - checked < config.tag_ttl:
+            return stored, None
+        try:
+            current = await self._head(remote, reference)
+        except UpstreamError as exc:
+            if not exc.unavailable:
+                raise exc.to_registry_error(f"manifest {reference}") from None
+            log.info("serving %s:%s stale: %s", remote.local, reference, exc)
+            return stored, STALE_WARNING
+        if current == digest:
+            meta.set_tag(remote.local, reference, digest)
+            return stored, None
+        changed = meta.manifest(remote.local, current) if current else None
+        if changed is not None:
+            meta.set_tag(remote.local, reference, current)
+            return changed, None
+        return await self._fetch(remote, reference, reference), None
+
+    async def _head(self, remote: Remote, tag: str) -> Digest | None:
+        """The digest a tag points at upstream, asked with a HEAD (never counted as a pull)."""
+        async with remote.upstream.request(
+            "HEAD", remote.name, f"manifests/{tag}", ACCEPT
+        ) as response:
+            value = response.headers.get("Docker-Content-Digest")
+        return Digest.parse(value) if value else None
+
+    async def _fetch(self, remote: Remote, reference: str, tag: str | None) -> StoredManifest:
+        """GET a manifest once, however many clients ask for it at the same time."""
+        key = (remote.local, reference)
+        task = self._manifest_fetches.get(key)
+        if task is None:
+            task = asyncio.create_task(self._get_manifest(remote, reference, tag))
+            self._manifest_fetches[key] = task
+            task.add_done_callback(lambda _: self._manifest_fetches.pop(key, None))
+        try:
+            return await asyncio.shield(task)
+        except UpstreamError as exc:
+            raise exc.to_registry_error(f"manifest {reference}") from None
+
+    async def _get_manifest(
+        self, remote: Remote, reference: str, tag: str | None
+    ) -> StoredManifest:
+        limit = self.registry.settings.manifest_max_bytes
+        async with remote.upstream.request(
+            "GET", remote.name, f"manifests/{reference}", ACCEPT
+        ) as response:
+            body = await response.content.read(limit + 1)
+            content_type = response.headers.get("Content-Type")
+        if len(body) > limit:
+            raise UpstreamError(f"{remote.upstream.name}: manifest larger than {limit} bytes")
+        expected = Digest.parse(reference) if tag is None else None
+        digest = Digest.of(body, expected.algorithm if expected else "sha256")
+        if expected is not None and digest != expected:
+            raise UpstreamError(f"{remote.upstream.name}: manifest content has digest {digest}")
+        manifest = parse_manifest(body, content_type)
+        await self.registry.store_manifest(remote.local, digest, body, manifest, tag, CACHED)
+        stored = self.registry.meta.manifest(remote.local, digest)
+        assert stored is not None
+        return stored
+
+    # blobs
+
+    def blob(self, remote: Remote, digest: Digest) -> Path | Download:
+        """A cached blob's file, or the download (started now or earlier) that brings it."""
+        meta = self.registry.meta
+        if digest not in self.downloads.active and self.registry.blobs.size(digest) is not None:
+            if not meta.blob_linked(remote.local, digest):
+                meta.link_blob(remote.local, digest, CACHED)
+            return self.registry.blobs.path(digest)
+        return self.downloads.join(
+            digest,
+            lambda: remote.upstream.request("GET", remote.name, f"blobs/{digest}"),
+            lambda: meta.link_blob(remote.local, digest, CACHED),
+        )
+
+    async def blob_size(self, remote: Remote, digest: Digest) -> int | None:
+        """A blob's size by HEAD upstream, for a HEAD of a blob that is not cached."""
+        try:
+            async with remote.upstream.request("HEAD", remote.name, f"blobs/{digest}") as response:
+                return response.content_length
+        except UpstreamError as exc:
+            raise exc.to_registry_error(f"blob {digest}") from None
+
+    async def close(self) -> None:
+        await self.downloads.close()

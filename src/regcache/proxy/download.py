@@ -1,0 +1,175 @@
+"""Single-flight blob downloads, streamed to every reader while they are written.
+
+One `Download` per digest fetches from the upstream into a temporary file, hashing as it
+goes; readers follow the file as it grows. The last byte of any response is held back until
+the digest is verified, so a download that turns out wrong cuts every reader off instead of
+completing a corrupt body. The download runs as its own task: a reader that goes away does
+not stop it for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import aiohttp
+
+from regcache.digest import CHUNK, Digest, Hasher
+from regcache.store import BlobStore
+from regcache.upstream import UpstreamError
+
+log = logging.getLogger("regcache.download")
+
+Fetch = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
+
+
+def _write_all(fd: int, data: bytes, hasher: Hasher) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    hasher.update(data)
+
+
+class DownloadFailed(Exception):
+    """The download stopped before its content was verified."""
+
+
+class Download:
+    """One upstream blob download in flight."""
+
+    def __init__(self, digest: Digest, temp: Path, final: Path) -> None:
+        self.digest = digest
+        self.temp = temp
+        self.final = final
+        self.size: int | None = None
+        self.written = 0
+        self.verified = False
+        self.error: BaseException | None = None
+        self.readers = 0
+        self._changed = asyncio.Event()
+        self.started = asyncio.Event()  # set once the size is known, or on failure
+
+    @property
+    def finished(self) -> bool:
+        return self.verified or self.error is not None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_started(self) -> int | None:
+        """Wait for the upstream's answer; the blob's size, or raise why it failed."""
+        await self.started.wait()
+        if self.error is not None and self.size is None:
+            raise self.error
+        return self.size
+
+    async def available(self, position: int, end: int) -> int:
+        """Wait until bytes past `position` may be read; return how far reading may go.
+
+        The final byte of a response (`end`) is released only once the whole blob verified.
+        Raises `DownloadFailed` if the download failed.
+        """
+        while True:
+            if self.error is not None:
+                raise DownloadFailed(str(self.error))
+            limit = end if self.verified else min(self.written, end - 1)
+            if limit > position:
+                return limit
+            await self._changed.wait()
+
+    def open(self) -> int:
+        """A file descriptor for reading, whether or not the blob has been committed yet."""
+        try:
+            return os.open(self.temp, os.O_RDONLY)
+        except FileNotFoundError:
+            return os.open(self.final, os.O_RDONLY)
+
+    async def run(self, response: aiohttp.ClientResponse, blobs: BlobStore) -> None:
+        """Copy the upstream body to disk, verify it, and commit it as a blob."""
+        if response.content_length is not None:
+            self.size = response.content_length
+        self.started.set()
+        hasher = self.digest.hasher()
+        fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            pending = bytearray()
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                if len(pending) >= CHUNK:
+                    await self._flush(fd, pending, hasher)
+            if pending:
+                await self._flush(fd, pending, hasher)
+        finally:
+            os.close(fd)
+        if self.size is not None and self.written != self.size:
+            raise DownloadFailed(f"upstream sent {self.written} of {self.size} bytes")
+        if hasher.digest() != self.digest:
+            raise DownloadFailed(f"upstream content has digest {hasher.digest()}")
+        self.size = self.written
+        await asyncio.to_thread(blobs.commit, self.temp, self.digest)
+
+    async def _flush(self, fd: int, pending: bytearray, hasher: Hasher) -> None:
+        await asyncio.to_thread(_write_all, fd, bytes(pending), hasher)
+        self.written += len(pending)
+        pending.clear()
+        self._notify()
+
+    def finish(self, error: BaseException | None) -> None:
+        if error is None:
+            self.verified = True
+        else:
+            self.error = error
+            self.temp.unlink(missing_ok=True)
+        self.started.set()
+        self._notify()
+
+
+class Downloads:
+    """The downloads in flight, at most one per digest."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self.active: dict[Digest, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def join(
+        self,
+        digest: Digest,
+        fetch: Fetch,
+        on_commit: Callable[[], None],
+    ) -> Download:
+        """The download of `digest`: the one in flight, or a new one started with `fetch`."""
+        download = self.active.get(digest)
+        if download is None:
+            download = Download(digest, self.blobs.temp_path(), self.blobs.path(digest))
+            self.active[digest] = download
+            task = asyncio.create_task(self._run(download, fetch, on_commit))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return download
+
+    async def _run(self, download: Download, fetch: Fetch, on_commit: Callable[[], None]) -> None:
+        error: BaseException | None = None
+        try:
+            async with fetch() as response:
+                await download.run(response, self.blobs)
+            on_commit()
+        except (UpstreamError, DownloadFailed, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("download of %s failed: %s", download.digest, exc)
+            error = exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.active.pop(download.digest, None)
+            download.finish(error)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,151 @@
+"""Endpoints of cached repositories: pull from cache or through the upstream; no push."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from regcache.digest import CHUNK, Digest
+from regcache.errors import ErrorCode, RegistryError
+from regcache.proxy.download import Download, DownloadFailed
+from regcache.proxy.router import Remote
+from regcache.reference import parse_reference
+from regcache.server.blobs import file_response
+from regcache.server.keys import PULL_THROUGH, REGISTRY
+from regcache.server.listings import referrers_response
+from regcache.server.manifests import manifest_response
+from regcache.store.metadata import CACHED
+from regcache.upstream import UpstreamError
+
+
+class ResponseAborted(Exception):
+    """A response was cut off after its headers went out; the connection is closed."""
+
+
+async def get_manifest(request: web.Request, remote: Remote, arg: str) -> web.StreamResponse:
+    stored, warning = await request.app[PULL_THROUGH].manifest(remote, parse_reference(arg))
+    response = await manifest_response(request, request.app[REGISTRY], stored)
+    if warning:
+        response.headers["Warning"] = warning
+    return response
+
+
+async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.StreamResponse:
+    digest = Digest.parse(arg)
+    pull = request.app[PULL_THROUGH]
+    if request.method == "HEAD" and pull.registry.blobs.size(digest) is None:
+        size = await pull.blob_size(remote, digest)
+        headers = {"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"}
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return web.Response(headers=headers)
+    source = pull.blob(remote, digest)
+    if isinstance(source, Path):
+        return file_response(source, digest)
+    return await _follow(request, source, remote)
+
+
+async def _follow(request: web.Request, download: Download, remote: Remote) -> web.StreamResponse:
+    """Stream a blob while it downloads, from the first byte or from a `Range`."""
+    download.readers += 1
+    try:
+        try:
+            size = await download.wait_started()
+        except UpstreamError as exc:
+            raise exc.to_registry_error(f"blob {download.digest}") from None
+        except DownloadFailed as exc:
+            raise RegistryError(
+                ErrorCode.BLOB_UNKNOWN, f"download of {download.digest} failed: {exc}", status=502
+            ) from None
+        if size is None:  # no Content-Length upstream: serve once complete
+            await download.available(0, 0)
+            return file_response(download.final, download.digest)
+        start, end = _byte_range(request, size)
+        response = web.StreamResponse(
+            status=206 if (start, end) != (0, size) else 200,
+            headers={
+                "Docker-Content-Digest": str(download.digest),
+                "Content-Type": "application/octet-stream",
+                "Accept-Ranges": "bytes",
+            },
+        )
+        response.content_length = end - start
+        if response.status == 206:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        await response.prepare(request)
+        if request.method != "HEAD":
+            await _copy(request, download, response, start, end)
+        await response.write_eof()
+        request.app[REGISTRY].meta.link_blob(remote.local, download.digest, CACHED)
+        return response
+    finally:
+        download.readers -= 1
+
+
+def _byte_range(request: web.Request, size: int) -> tuple[int, int]:
+    try:
+        wanted = request.http_range
+    except ValueError:
+        wanted = slice(None, None)
+    start, stop = wanted.start, wanted.stop
+    if start is None and stop is None:
+        return 0, size
+    if start is not None and start < 0:  # a suffix: the last -start bytes
+        start, stop = max(size + start, 0), size
+    start = start or 0
+    stop = size if stop is None else min(stop, size)
+    if start >= size or start >= stop:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, stop
+
+
+async def _copy(
+    request: web.Request, download: Download, response: web.StreamResponse, start: int, end: int
+) -> None:
+    fd = download.open()
+    try:
+        position = start
+        while position < end:
+            limit = await download.available(position, end)
+            while position < limit:
+                data = os.pread(fd, min(CHUNK, limit - position), position)
+                if not data:
+                    raise DownloadFailed("blob file ended early")
+                await response.write(data)
+                position += len(data)
+    except (DownloadFailed, ConnectionError) as exc:
+        if request.transport is not None:
+            request.transport.abort()  # the client must see a cut-off body, never a wrong one
+        raise ResponseAborted(str(exc)) from None
+    finally:
+        os.close(fd)
+
+
+async def tags(request: web.Request, remote: Remote, _: str) -> web.StreamResponse:
+    """Tags as the upstream lists them (a GET of a tag list is not a counted pull)."""
+    try:
+        query = f"?{request.query_string}" if request.query_string else ""
+        async with remote.upstream.request("GET", remote.name, f"tags/list{query}") as upstream:
+            body = await upstream.json(content_type=None)
+            link = upstream.headers.get("Link")
+    except UpstreamError as exc:
+        raise exc.to_registry_error(f"the tag list of {remote.local}") from None
+    body["name"] = remote.local
+    response = web.json_response(body)
+    if link:
+        response.headers["Link"] = link.replace(f"/v2/{remote.name}/", f"/v2/{remote.local}/")
+    return response
+
+
+async def referrers(request: web.Request, remote: Remote, arg: str) -> web.StreamResponse:
+    """Referrers of a cached subject, among the cached manifests."""
+    return referrers_response(request, remote.local, Digest.parse(arg))
+
+
+async def deny_push(request: web.Request, remote: Remote, _: str) -> web.StreamResponse:
+    raise RegistryError(
+        ErrorCode.DENIED,
+        f"{remote.local} is a cache of {remote.upstream.name}; push to a hosted repository",
+    )

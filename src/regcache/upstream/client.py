@@ -1,0 +1,132 @@
+"""One upstream registry: requests with auth, retries on connection errors and 5xx (never on
+429), and rate-limit tracking. Nothing here ever puts a credential into a message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from regcache.config import Upstream
+from regcache.errors import ErrorCode, RegistryError
+from regcache.upstream.auth import Authenticator, AuthError, Challenge
+from regcache.upstream.ratelimit import RateLimit
+
+log = logging.getLogger("regcache.upstream")
+BACKOFF = 0.25  # seconds before the first retry, doubled each time
+
+
+class UpstreamError(Exception):
+    """The upstream could not give us what we asked for."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def unavailable(self) -> bool:
+        """True when the upstream is down, overloaded or rate-limiting (serve stale)."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+    def to_registry_error(self, what: str) -> RegistryError:
+        if self.status == 429:
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            return RegistryError(
+                ErrorCode.TOOMANYREQUESTS,
+                f"upstream rate limit reached and {what} is not cached",
+                headers=headers,
+            )
+        if self.status == 404:
+            code = ErrorCode.BLOB_UNKNOWN if what.startswith("blob") else ErrorCode.MANIFEST_UNKNOWN
+            return RegistryError(code, f"{what} unknown upstream")
+        if self.status in (401, 403):
+            return RegistryError(ErrorCode.DENIED, f"the upstream refused access to {what}")
+        return RegistryError(
+            ErrorCode.UNSUPPORTED, f"upstream unavailable and {what} is not cached: {self}",
+            status=502 if self.status is None or self.status >= 500 else 404,
+        )  # fmt: skip
+
+
+class UpstreamClient:
+    """Requests to one configured upstream registry over a shared connection pool."""
+
+    def __init__(self, config: Upstream, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.session = session
+        self.auth = Authenticator(config.username, config.secret())
+        self.ratelimit = RateLimit()
+        self.ssl: ssl.SSLContext | bool = True
+        if not config.tls_verify:
+            self.ssl = False
+        elif config.ca_file is not None:
+            self.ssl = ssl.create_default_context(cafile=str(config.ca_file))
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=config.timeout, sock_connect=config.timeout,
+            sock_read=config.timeout,
+        )  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def remote_name(self, name: str) -> str:
+        """The upstream's name for a repository: Docker Hub puts one-word names in library/."""
+        if self.config.is_docker_hub and "/" not in name:
+            return f"library/{name}"
+        return name
+
+    @asynccontextmanager
+    async def request(
+        self, method: str, repo: str, path: str, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """An upstream response with status 2xx; anything else raises `UpstreamError`."""
+        url = f"{self.config.url}/v2/{repo}/{path}"
+        scope = f"repository:{repo}:pull"
+        attempt, answered_challenge = 0, False
+        while True:
+            try:
+                response = await self.session.request(
+                    method, url, headers={**(headers or {}), **self.auth.header(scope)},
+                    ssl=self.ssl, timeout=self.timeout,
+                )  # fmt: skip
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = type(exc).__name__
+                if attempt < self.config.retries:
+                    attempt += 1
+                    await asyncio.sleep(BACKOFF * 2 ** (attempt - 1))
+                    continue
+                log.warning("upstream %s %s %s failed: %s", self.name, method, url, reason)
+                raise UpstreamError(f"{self.name}: {reason}") from None
+            self.ratelimit.observe(response.headers)
+            log.debug("upstream %s %s %s -> %d", self.name, method, url, response.status)
+            if response.status == 401 and not answered_challenge:
+                answered_challenge = True
+                challenge = Challenge.parse(response.headers.get("WWW-Authenticate", ""))
+                response.release()
+                try:
+                    if await self.auth.answer(self.session, challenge, scope, self.ssl):
+                        continue
+                except (AuthError, aiohttp.ClientError, TimeoutError) as exc:
+                    raise UpstreamError(f"{self.name}: authentication failed: {exc}") from None
+                raise UpstreamError(f"{self.name}: authentication required", status=401)
+            if response.status >= 500 and attempt < self.config.retries:
+                response.release()
+                attempt += 1
+                await asyncio.sleep(BACKOFF * 2 ** (attempt - 1))
+                continue
+            if response.status >= 300:
+                response.release()
+                raise UpstreamError(
+                    f"{self.name}: {method} answered {response.status}",
+                    status=response.status, retry_after=response.headers.get("Retry-After"),
+                )  # fmt: skip
+            try:
+                yield response
+            finally:
+                response.release()
+            return
