@@ -3,6 +3,8 @@ behind the Docker Hub emulator where Docker Hub's behaviour matters, and skopeo 
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import time
@@ -272,3 +274,43 @@ def test_corrupt_upstream_content_is_cut_off_and_never_cached(world, cache) -> N
     hub.set_mode("normal")
     assert fetch(0) == layer.digest
     assert list((cache.data_dir / "blobs").rglob(layer.digest.split(":")[1]))
+
+
+def test_upstream_password_never_appears(world, tmp_path) -> None:
+    upstream, hub, images = world
+    hub.reset()
+    config = json.loads(write_config(tmp_path / "regcache.json", hub, upstream).read_text())
+    wrong = {**config["upstreams"][0], "name": "wronghub", "prefix": "wrong.io", "mirror": False,
+             "password_file": None, "password_env": "WRONG_HUB_PASSWORD"}  # fmt: skip
+    config["upstreams"].append(wrong)
+    (tmp_path / "regcache.json").write_text(json.dumps(config))
+    secrets = [PASSWORD, PASSWORD + "-wrong"]
+    encoded = [base64.b64encode(f"acme-robot:{s}".encode()).decode() for s in secrets]
+    seen: list[str] = []
+    with Regcache(tmp_path, config=tmp_path / "regcache.json",
+                  env={"WRONG_HUB_PASSWORD": secrets[1]}) as cache:  # fmt: skip
+
+        def record(method: str, path: str, **kwargs: object) -> requests.Response:
+            response = requests.request(method, f"{cache.url}{path}", timeout=30, **kwargs)
+            seen.append(f"{response.status_code} {dict(response.headers)} {response.text}")
+            return response
+
+        assert record("GET", "/v2/library/alpine/manifests/3.19.1").status_code == 200
+        assert record("GET", "/v2/library/nothere/manifests/1.0.0").status_code == 404
+        assert record("GET", "/v2/wrong.io/library/alpine/manifests/3.19.1").status_code == 403
+        assert record("GET", f"/v2/wrong.io/library/alpine/blobs/{images.alpine.blobs[0].digest}"
+                      ).status_code == 403  # fmt: skip
+        for mode in ("429", "500", "corrupt"):
+            hub.set_mode(mode)
+            record("GET", "/v2/library/multi/manifests/1.0.0")
+            with contextlib.suppress(requests.exceptions.ChunkedEncodingError):  # corrupt: cut off
+                record("GET", f"/v2/library/multi/blobs/{images.multi.blobs[0].digest}")
+        hub.set_mode("normal")
+        record("GET", "/_regcache/upstreams")
+        record("PUT", "/v2/docker.io/library/alpine/manifests/x", data=b"{}")
+    seen.append(cache.log())
+    assert "Bearer" not in cache.log() and "Authorization" not in cache.log()
+    assert hub.stats()["authorizations"]  # the credentials were really sent upstream
+    for text in seen:
+        for secret in secrets + encoded:
+            assert secret not in text

@@ -16,6 +16,10 @@ DEFAULT_TOKEN_LIFETIME = 60.0
 class AuthError(Exception):
     """The token service refused or failed; the message never holds a secret."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 @dataclass(frozen=True)
 class Challenge:
@@ -69,7 +73,7 @@ class Authenticator:
             query["service"] = challenge.params["service"]
         async with session.get(realm, params=query, auth=self._basic, ssl=ssl) as response:
             if response.status != 200:
-                raise AuthError(f"token service answered {response.status}")
+                raise AuthError(f"token service answered {response.status}", response.status)
             body = await response.json(content_type=None)
         token = body.get("token") or body.get("access_token")
         if not isinstance(token, str):

@@ -111,8 +111,13 @@ class UpstreamClient:
                 try:
                     if await self.auth.answer(self.session, challenge, scope, self.ssl):
                         continue
-                except (AuthError, aiohttp.ClientError, TimeoutError) as exc:
-                    raise UpstreamError(f"{self.name}: authentication failed: {exc}") from None
+                except AuthError as exc:
+                    raise UpstreamError(
+                        f"{self.name}: authentication failed: {exc}", status=exc.status
+                    ) from None
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    reason = type(exc).__name__
+                    raise UpstreamError(f"{self.name}: token service failed: {reason}") from None
                 raise UpstreamError(f"{self.name}: authentication required", status=401)
             if response.status >= 500 and attempt < self.config.retries:
                 response.release()
