@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from regcache.config import ConfigError, load_settings
+from regcache.config import ConfigError, Upstream, load_settings
 from regcache.digest import Digest, Hasher, hash_file
 from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import OCI_INDEX, OCI_MANIFEST, parse_manifest
+from regcache.policy import is_pinned_tag
 from regcache.reference import parse_reference, validate_name, validate_tag
+from regcache.upstream import RateLimit
 
 SHA256_EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
 
@@ -133,3 +135,54 @@ def test_unknown_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REGCACHE_LISTN", "x")
     with pytest.raises(ConfigError, match="REGCACHE_LISTN"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("tag", "pinned"),
+    [("1.25.3", True), ("1.25.3-alpine", True), ("v2.1.0", True), ("8.0.1+build.5", True),
+     ("latest", False), ("main", False), ("master", False), ("develop", False), ("", False),
+     (None, False), ("7", False), ("1.25", False), ("1.25-alpine", False), ("alpine", False),
+     ("stable", False)],
+)  # fmt: skip
+def test_tag_policy(tag: str | None, pinned: bool) -> None:
+    assert is_pinned_tag(tag) is pinned
+
+
+def test_configured_tag_patterns_win() -> None:
+    upstream = Upstream(name="u", url="http://127.0.0.1:1", prefix="u.io",
+                        immutable_tags=["stable-*"], mutable_tags=["*-nightly*"])  # fmt: skip
+    assert is_pinned_tag("stable-2024", upstream)
+    assert not is_pinned_tag("1.2.3-nightly", upstream)
+
+
+def test_rate_limit_headers() -> None:
+    limit = RateLimit()
+    limit.observe({"content-type": "x"})
+    assert limit.limit is None
+    limit.observe({"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "76;w=21600",
+                   "docker-ratelimit-source": "192.0.2.1"})  # fmt: skip
+    assert (limit.limit, limit.remaining, limit.window_seconds) == (100, 76, 21600)
+    assert limit.source == "192.0.2.1"
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [({"url": "ftp://x"}, "url"), ({"url": "https://u:p@x"}, "url"), ({"prefix": "Bad"}, "prefix"),
+     ({"password": "a", "password_env": "B"}, "only one")],
+)  # fmt: skip
+def test_bad_upstreams(fields: dict[str, object], named: str) -> None:
+    upstream = {"name": "u", "url": "https://r.example", "prefix": "r.example", **fields}
+    with pytest.raises(ConfigError, match=named):
+        load_settings(upstreams=[upstream])
+
+
+def test_upstream_secret_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pw").write_text("from-file\n")
+    base = {"name": "u", "url": "https://registry-1.docker.io", "prefix": "docker.io"}
+    assert Upstream(**base, password_file=tmp_path / "pw").secret() == "from-file"
+    monkeypatch.setenv("HUB_PW", "from-env")
+    assert Upstream(**base, password_env="HUB_PW").secret() == "from-env"
+    assert Upstream(**base).is_docker_hub
+    with pytest.raises(ConfigError, match="NOPE"):
+        Upstream(**base, password_env="NOPE").secret()
+    assert "from-file" not in repr(Upstream(**base, password="from-file"))
