@@ -132,3 +132,11 @@ def test_deleting_from_one_repository_keeps_the_other(client: Client) -> None:
     client.push_blob("blobs/two", data)
     assert requests.delete(f"{client.url}/v2/blobs/one/blobs/{digest}").status_code == 202
     assert client.get(f"blobs/two/blobs/{digest}").content == data
+
+
+def test_mount_without_from_finds_a_hosted_blob(client: Client) -> None:
+    digest = client.push_blob("blobs/anon-source", b"mount me anywhere")
+    mounted = requests.post(f"{client.url}/v2/blobs/anon-target/blobs/uploads/",
+                            params={"mount": digest})  # fmt: skip
+    assert mounted.status_code == 201
+    assert client.get(f"blobs/anon-target/blobs/{digest}").content == b"mount me anywhere"

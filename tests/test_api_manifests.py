@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -159,3 +160,32 @@ def test_catalog_pagination(client: Client) -> None:
     page = client.get("_catalog", params={"n": 1, "last": "cat/a"})
     assert page.json()["repositories"] == ["cat/b"]
     assert 'rel="next"' in page.headers["Link"]
+
+
+def test_push_by_digest_with_tag_parameters(client: Client) -> None:
+    doc = client.manifest_doc("man/tagparam", [b"tp"])
+    body = json.dumps(doc).encode()
+    response = requests.put(
+        f"{client.url}/v2/man/tagparam/manifests/{sha256(body)}",
+        params=[("tag", "1.2.3"), ("tag", "1.2"), ("tag", "latest")],
+        data=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert response.status_code == 201
+    assert response.raw.headers.getlist("OCI-Tag") == ["1.2.3", "1.2", "latest"]
+    assert client.get("man/tagparam/tags/list").json()["tags"] == ["1.2", "1.2.3", "latest"]
+    for tag in ("1.2.3", "1.2", "latest"):
+        assert client.get(f"man/tagparam/manifests/{tag}").content == body
+
+
+def test_sha512_manifest_by_digest(client: Client) -> None:
+    doc = client.manifest_doc("man/sha512", [b"five-twelve"])
+    body = json.dumps(doc).encode()
+    digest = "sha512:" + hashlib.sha512(body).hexdigest()
+    response = requests.put(
+        f"{client.url}/v2/man/sha512/manifests/{digest}", params={"tag": "v1"}, data=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )  # fmt: skip
+    assert response.status_code == 201 and response.headers["Docker-Content-Digest"] == digest
+    assert client.get("man/sha512/manifests/v1").headers["Docker-Content-Digest"] == digest
+    assert client.get(f"man/sha512/manifests/{digest}").content == body

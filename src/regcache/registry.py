@@ -59,9 +59,16 @@ class Registry:
         if count:
             self._committing[digest] = count
 
-    def mount(self, repo: str, digest: Digest, source: str) -> bool:
-        """Link a blob of `source` into `repo`; False when `source` does not hold it."""
-        if not self.meta.blob_linked(source, digest) or self.blobs.size(digest) is None:
+    def mount(self, repo: str, digest: Digest, source: str | None) -> bool:
+        """Link a blob of `source` into `repo`; False when `source` does not hold it.
+
+        Without a `source`, any hosted repository that holds the blob will do.
+        """
+        if source is None:
+            source = self.meta.blob_hosted(digest)
+        if source is None or not self.meta.blob_linked(source, digest):
+            return False
+        if self.blobs.size(digest) is None:
             return False
         self.meta.link_blob(repo, digest)
         return True
@@ -99,9 +106,15 @@ class Registry:
         return await asyncio.to_thread(self.blobs.read, stored.digest)
 
     async def put_manifest(
-        self, repo: str, reference: str | Digest, body: bytes, content_type: str | None
+        self,
+        repo: str,
+        reference: str | Digest,
+        body: bytes,
+        content_type: str | None,
+        tags: list[str],
     ) -> tuple[Digest, Manifest]:
-        """Validate and store a manifest, tagging it when `reference` is a tag."""
+        """Validate and store a manifest; tag it with `reference` if that is a tag, and with
+        `tags` (the `?tag=` parameters of a push by digest)."""
         manifest = parse_manifest(body, content_type)
         algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
         digest = Digest.of(body, algorithm)
@@ -110,8 +123,8 @@ class Registry:
                 ErrorCode.DIGEST_INVALID, f"manifest digest is {digest}, not {reference}"
             )
         self._check_references(repo, manifest)
-        tag = None if isinstance(reference, Digest) else reference
-        await self.store_manifest(repo, digest, body, manifest, tag, HOSTED)
+        tags = tags if isinstance(reference, Digest) else [reference]
+        await self.store_manifest(repo, digest, body, manifest, tags, HOSTED)
         return digest, manifest
 
     async def store_manifest(
@@ -120,14 +133,14 @@ class Registry:
         digest: Digest,
         body: bytes,
         manifest: Manifest,
-        tag: str | None,
+        tags: list[str],
         origin: str,
     ) -> None:
-        """Write a verified manifest's bytes, then record it (and its tag) in `repo`."""
+        """Write a verified manifest's bytes, then record it (and its tags) in `repo`."""
         self._committing[digest] = self._committing.get(digest, 0) + 1
         try:
             await asyncio.to_thread(self.blobs.write, body, digest)
-            self.meta.put_manifest(repo, digest, len(body), manifest, tag, origin)
+            self.meta.put_manifest(repo, digest, len(body), manifest, tags, origin)
         finally:
             self._release(digest)
 

@@ -104,7 +104,8 @@ class PullThrough:
         if expected is not None and digest != expected:
             raise UpstreamError(f"{remote.upstream.name}: manifest content has digest {digest}")
         manifest = parse_manifest(body, content_type)
-        await self.registry.store_manifest(remote.local, digest, body, manifest, tag, CACHED)
+        tags = [tag] if tag is not None else []
+        await self.registry.store_manifest(remote.local, digest, body, manifest, tags, CACHED)
         stored = self.registry.meta.manifest(remote.local, digest)
         assert stored is not None
         return stored

@@ -62,7 +62,7 @@ async def start_upload(request: web.Request, repo: str, arg: str) -> web.StreamR
     if "mount" in query:
         digest = Digest.parse(query["mount"])
         source = query.get("from")
-        if source is not None and registry.mount(repo, digest, validate_name(source)):
+        if registry.mount(repo, digest, validate_name(source) if source is not None else None):
             return web.Response(status=201, headers=_blob_headers(repo, digest))
     upload = registry.uploads.create(repo)
     if "digest" in query:

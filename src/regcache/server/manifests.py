@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
-from regcache.reference import parse_reference
+from regcache.reference import parse_reference, validate_tag
 from regcache.registry import Registry
 from regcache.server.keys import REGISTRY
 from regcache.store import StoredManifest
+
+MAX_TAG_PARAMS = 100
 
 
 async def get_manifest(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
@@ -45,14 +48,22 @@ def _too_large(limit: int) -> RegistryError:
 async def put_manifest(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
     registry = request.app[REGISTRY]
     reference = parse_reference(arg)
+    tags = [validate_tag(tag) for tag in request.query.getall("tag", [])]
+    if len(tags) > MAX_TAG_PARAMS:
+        raise RegistryError(ErrorCode.UNSUPPORTED, "too many tag parameters", status=414)
     body = await _read_limited(request, registry.settings.manifest_max_bytes)
     digest, manifest = await registry.put_manifest(
-        repo, reference, body, request.headers.get("Content-Type")
+        repo, reference, body, request.headers.get("Content-Type"), tags
     )
-    headers = {"Location": f"/v2/{repo}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
+    response = web.Response(status=201)
+    response.headers["Location"] = f"/v2/{repo}/manifests/{digest}"
+    response.headers["Docker-Content-Digest"] = str(digest)
     if manifest.subject is not None:
-        headers["OCI-Subject"] = str(manifest.subject.digest)
-    return web.Response(status=201, headers=headers)
+        response.headers["OCI-Subject"] = str(manifest.subject.digest)
+    if isinstance(reference, Digest):
+        for tag in tags:
+            response.headers.add("OCI-Tag", tag)
+    return response
 
 
 async def delete_manifest(request: web.Request, repo: str, arg: str) -> web.StreamResponse:

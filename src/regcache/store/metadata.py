@@ -156,6 +156,15 @@ class Metadata:
             self._ensure_repo(db, repo, origin)
             db.execute("INSERT OR IGNORE INTO repo_blobs VALUES (?, ?)", (repo, str(digest)))
 
+    def blob_hosted(self, digest: Digest) -> str | None:
+        """A hosted repository that holds `digest`, if any (for a mount without `from`)."""
+        row = self.db.execute(
+            "SELECT b.repo FROM repo_blobs b JOIN repositories r ON r.name = b.repo"
+            " WHERE b.digest = ? AND r.origin = ? LIMIT 1",
+            (str(digest), HOSTED),
+        ).fetchone()
+        return row[0] if row else None
+
     def blob_linked(self, repo: str, digest: Digest) -> bool:
         row = self.db.execute(
             "SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, str(digest))
@@ -185,7 +194,7 @@ class Metadata:
         digest: Digest,
         size: int,
         manifest: Manifest,
-        tag: str | None,
+        tags: list[str],
         origin: str = HOSTED,
     ) -> None:
         now = time.time()
@@ -211,8 +220,10 @@ class Metadata:
                 "INSERT OR IGNORE INTO manifest_refs VALUES (?, ?, ?)",
                 [(repo, key, str(d.digest)) for d in manifest.blobs + manifest.children],
             )
-            if tag is not None:
-                db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", (repo, tag, key, now))
+            db.executemany(
+                "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
+                [(repo, tag, key, now) for tag in tags],
+            )
 
     def manifest(self, repo: str, digest: Digest) -> StoredManifest | None:
         row = self.db.execute(
