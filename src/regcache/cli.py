@@ -34,7 +34,14 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("regcache").info(
         "regcache %s serving on %s:%d, data in %s", __version__, host, port, settings.data_dir
     )
-    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        print=None,
+        access_log=logging.getLogger("regcache.access"),
+        access_log_format='%a "%r" %s %b %Tfs',
+    )
     return 0
 
 

@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./regcache-data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     manifest_max_bytes: int = 4 * 1024 * 1024
+    hot_manifest_bytes: int = 32 * 1024 * 1024
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     upstreams: list[Upstream] = []
 

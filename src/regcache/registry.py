@@ -14,6 +14,7 @@ from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import Manifest, parse_manifest
 from regcache.store import BlobStore, Metadata, StoredManifest, Upload, Uploads
+from regcache.store.hot import HotManifests
 from regcache.store.metadata import HOSTED
 
 
@@ -25,6 +26,7 @@ class Registry:
         self.blobs = BlobStore(settings.data_dir)
         self.uploads = Uploads(self.blobs)
         self.meta = Metadata(settings.data_dir / "metadata.db")
+        self.hot = HotManifests(settings.hot_manifest_bytes)
         self._committing: dict[Digest, int] = {}
 
     def open(self) -> None:
@@ -103,7 +105,11 @@ class Registry:
         return stored
 
     async def manifest_bytes(self, stored: StoredManifest) -> bytes:
-        return await asyncio.to_thread(self.blobs.read, stored.digest)
+        data = self.hot.get(stored.digest)
+        if data is None:
+            data = await asyncio.to_thread(self.blobs.read, stored.digest)
+            self.hot.put(stored.digest, data)
+        return data
 
     async def put_manifest(
         self,

@@ -43,6 +43,7 @@ class Regcache:
         if self.config is not None:
             command += ["--config", str(self.config)]
         env = {**os.environ, **self.env}
+        self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 20
