@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     manifest_max_bytes: int = 4 * 1024 * 1024
     hot_manifest_bytes: int = 32 * 1024 * 1024
+    quota_bytes: int = 5 * 1024**3
+    min_free_bytes: int = 256 * 1024**2
+    gc_interval: float = 600.0
+    upload_max_age: float = 24 * 3600.0
+    admin_token: SecretStr | None = None
+    admin_open: bool = False
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     upstreams: list[Upstream] = []
 
@@ -146,7 +152,7 @@ class Settings(BaseSettings):
         split_listen(value)
         return value
 
-    @field_validator("manifest_max_bytes")
+    @field_validator("manifest_max_bytes", "quota_bytes", "gc_interval", "upload_max_age")
     @classmethod
     def _check_positive(cls, value: int) -> int:
         if value <= 0:

@@ -7,6 +7,10 @@ is committed before metadata points at it, and deleted only when nothing points 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from regcache.config import Settings
@@ -14,6 +18,7 @@ from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import Manifest, parse_manifest
 from regcache.store import BlobStore, Metadata, StoredManifest, Upload, Uploads
+from regcache.store.budget import Budget, OverBudget
 from regcache.store.hot import HotManifests
 from regcache.store.metadata import HOSTED
 
@@ -27,15 +32,54 @@ class Registry:
         self.uploads = Uploads(self.blobs)
         self.meta = Metadata(settings.data_dir / "metadata.db")
         self.hot = HotManifests(settings.hot_manifest_bytes)
-        self._committing: dict[Digest, int] = {}
+        self.busy: Counter[Digest] = Counter()  # content being written: never deleted
+        self.budget = Budget(
+            self.meta, self.blobs, quota=settings.quota_bytes, min_free=settings.min_free_bytes,
+            in_use=lambda: set(self.busy), before_eviction=self.flush_pulls,
+        )  # fmt: skip
+        self._pulls: dict[tuple[str, str], tuple[int, float]] = {}
 
     def open(self) -> None:
         self.blobs.open()
         self.uploads.open()
         self.meta.open()
+        self.budget.load()
 
     def close(self) -> None:
+        self.flush_pulls()
         self.meta.close()
+
+    @contextmanager
+    def writing(self, digest: Digest) -> Iterator[None]:
+        """Mark content as being written, so that nothing deletes it meanwhile."""
+        self.busy[digest] += 1
+        try:
+            yield
+        finally:
+            self.busy[digest] -= 1
+            if not self.busy[digest]:
+                del self.busy[digest]
+
+    async def make_room(self, size: int, origin: str) -> None:
+        """Reserve `size` bytes, or refuse: DENIED for a push, 507 for a cache fill."""
+        try:
+            await self.budget.reserve(size)
+        except OverBudget as exc:
+            message = f"storage quota exceeded: {exc}"
+            status = 403 if origin == HOSTED else 507
+            raise RegistryError(ErrorCode.DENIED, message, status=status) from None
+
+    # pulls, for LRU eviction and reports (buffered: a GET must not wait for a disk write)
+
+    def note_pull(self, repo: str, digest: Digest) -> None:
+        key = (repo, str(digest))
+        count, _ = self._pulls.get(key, (0, 0.0))
+        self._pulls[key] = (count + 1, time.time())
+
+    def flush_pulls(self) -> None:
+        if self._pulls:
+            pulls, self._pulls = self._pulls, {}
+            self.meta.record_pulls(pulls)
 
     # blobs
 
@@ -48,18 +92,18 @@ class Registry:
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to {repo}")
 
     async def finish_upload(self, upload: Upload, digest: Digest) -> None:
-        """Verify and commit an upload, then link the blob to its repository."""
-        self._committing[digest] = self._committing.get(digest, 0) + 1
+        """Verify and commit an upload within the quota, then link it to its repository."""
+        size = upload.size()
+        reserved = 0 if self.meta.blob_size(digest) is not None else size
+        if reserved:
+            await self.make_room(reserved, HOSTED)
         try:
-            await self.uploads.finish(upload, digest)
-            self.meta.link_blob(upload.repo, digest)
+            with self.writing(digest):
+                await self.uploads.finish(upload, digest)
+                self.budget.stored(digest, size)
+                self.meta.link_blob(upload.repo, digest)
         finally:
-            self._release(digest)
-
-    def _release(self, digest: Digest) -> None:
-        count = self._committing.pop(digest) - 1
-        if count:
-            self._committing[digest] = count
+            self.budget.release(reserved)
 
     def mount(self, repo: str, digest: Digest, source: str | None) -> bool:
         """Link a blob of `source` into `repo`; False when `source` does not hold it.
@@ -82,7 +126,8 @@ class Registry:
 
     async def _collect(self, digest: Digest) -> None:
         """Delete content that no repository refers to any more."""
-        if digest not in self._committing and not self.meta.content_referenced(digest):
+        if digest not in self.busy and not self.meta.content_referenced(digest):
+            self.budget.deleted(digest)
             await asyncio.to_thread(self.blobs.delete, digest)
 
     # manifests
@@ -143,12 +188,16 @@ class Registry:
         origin: str,
     ) -> None:
         """Write a verified manifest's bytes, then record it (and its tags) in `repo`."""
-        self._committing[digest] = self._committing.get(digest, 0) + 1
+        reserved = 0 if self.meta.blob_size(digest) is not None else len(body)
+        if reserved:
+            await self.make_room(reserved, origin)
         try:
-            await asyncio.to_thread(self.blobs.write, body, digest)
-            self.meta.put_manifest(repo, digest, len(body), manifest, tags, origin)
+            with self.writing(digest):
+                await asyncio.to_thread(self.blobs.write, body, digest)
+                self.budget.stored(digest, len(body))
+                self.meta.put_manifest(repo, digest, len(body), manifest, tags, origin)
         finally:
-            self._release(digest)
+            self.budget.release(reserved)
 
     def _check_references(self, repo: str, manifest: Manifest) -> None:
         missing = [

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from regcache.digest import Digest
+from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
 from regcache.policy import is_pinned_tag
 from regcache.proxy.download import Download, Downloads
@@ -28,7 +29,7 @@ class PullThrough:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.downloads = Downloads(registry.blobs)
+        self.downloads = Downloads(registry)
         self._manifest_fetches: dict[tuple[str, str], asyncio.Task[StoredManifest]] = {}
 
     # manifests
@@ -115,10 +116,17 @@ class PullThrough:
     def blob(self, remote: Remote, digest: Digest) -> Path | Download:
         """A cached blob's file, or the download (started now or earlier) that brings it."""
         meta = self.registry.meta
-        if digest not in self.downloads.active and self.registry.blobs.size(digest) is not None:
+        if digest not in self.downloads.active and meta.blob_size(digest) is not None:
             if not meta.blob_linked(remote.local, digest):
                 meta.link_blob(remote.local, digest, CACHED)
             return self.registry.blobs.path(digest)
+        declared = meta.known_size(digest) or 0
+        if declared > self.registry.budget.quota:
+            raise RegistryError(
+                ErrorCode.DENIED,
+                f"blob {digest} has {declared} bytes, more than the whole storage quota of "
+                f"{self.registry.budget.quota} bytes",
+            )
         return self.downloads.join(
             digest,
             lambda: remote.upstream.request("GET", remote.name, f"blobs/{digest}"),

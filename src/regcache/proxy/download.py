@@ -19,7 +19,10 @@ from pathlib import Path
 import aiohttp
 
 from regcache.digest import CHUNK, Digest, Hasher
+from regcache.errors import RegistryError
+from regcache.registry import Registry
 from regcache.store import BlobStore
+from regcache.store.metadata import CACHED
 from regcache.upstream import UpstreamError
 
 log = logging.getLogger("regcache.download")
@@ -89,10 +92,19 @@ class Download:
         except FileNotFoundError:
             return os.open(self.final, os.O_RDONLY)
 
-    async def run(self, response: aiohttp.ClientResponse, blobs: BlobStore) -> None:
-        """Copy the upstream body to disk, verify it, and commit it as a blob."""
-        if response.content_length is not None:
-            self.size = response.content_length
+    async def run(self, response: aiohttp.ClientResponse, registry: Registry) -> None:
+        """Copy the upstream body to disk within the budget, verify it, commit it."""
+        reserved = response.content_length or 0
+        await registry.make_room(reserved, CACHED)
+        try:
+            with registry.writing(self.digest):
+                await self._copy(response, registry.blobs)
+                registry.budget.stored(self.digest, self.written)
+        finally:
+            registry.budget.release(reserved)
+
+    async def _copy(self, response: aiohttp.ClientResponse, blobs: BlobStore) -> None:
+        self.size = response.content_length
         self.started.set()
         hasher = self.digest.hasher()
         fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -132,8 +144,9 @@ class Download:
 class Downloads:
     """The downloads in flight, at most one per digest."""
 
-    def __init__(self, blobs: BlobStore) -> None:
-        self.blobs = blobs
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.blobs = registry.blobs
         self.active: dict[Digest, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -157,9 +170,12 @@ class Downloads:
         error: BaseException | None = None
         try:
             async with fetch() as response:
-                await download.run(response, self.blobs)
+                await download.run(response, self.registry)
             on_commit()
-        except (UpstreamError, DownloadFailed, aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (
+            UpstreamError, RegistryError, DownloadFailed, aiohttp.ClientError, TimeoutError,
+            OSError,
+        ) as exc:  # fmt: skip
             log.warning("download of %s failed: %s", download.digest, exc)
             error = exc
         except BaseException as exc:

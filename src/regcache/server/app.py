@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -14,9 +16,10 @@ from regcache.errors import RegistryError
 from regcache.proxy.cache import PullThrough
 from regcache.proxy.router import Router
 from regcache.registry import Registry
-from regcache.server import distribution, status
+from regcache.server import admin, distribution, status
 from regcache.server.keys import PULL_THROUGH, REGISTRY, ROUTER
 from regcache.server.proxied import ResponseAborted
+from regcache.store.gc import collect_garbage
 from regcache.upstream import UpstreamClient
 
 log = logging.getLogger("regcache.server")
@@ -53,10 +56,31 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+PULL_FLUSH_INTERVAL = 2.0  # seconds between writes of buffered pull counts
+
+
+async def _every(seconds: float, chore: Callable[[], object]) -> None:
+    """Run `chore` (a function or coroutine function) every `seconds`, logging failures."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            result = chore()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:
+            log.exception("background chore failed")
+
+
+async def _gc(registry: Registry) -> None:
+    report = await collect_garbage(registry)
+    log.info("garbage collection: %s", report.as_dict())
+
+
 def create_app(settings: Settings) -> web.Application:
     """The whole server for `settings`; the store opens on start-up."""
     app = web.Application(
-        middlewares=[errors_middleware], client_max_size=settings.manifest_max_bytes
+        middlewares=[errors_middleware, admin.admin_auth],
+        client_max_size=settings.manifest_max_bytes,
     )
     registry = Registry(settings)
     pull_through = PullThrough(registry)
@@ -69,11 +93,19 @@ def create_app(settings: Settings) -> web.Application:
             connector=aiohttp.TCPConnector(limit=64), auto_decompress=False, trust_env=False
         ) as session:
             app[ROUTER] = Router([UpstreamClient(u, session) for u in settings.upstreams])
+            chores = [
+                asyncio.create_task(_every(PULL_FLUSH_INTERVAL, registry.flush_pulls)),
+                asyncio.create_task(_every(settings.gc_interval, partial(_gc, registry))),
+            ]
             yield
+            for chore in chores:
+                chore.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
             await pull_through.close()
         registry.close()
 
     app.cleanup_ctx.append(lifecycle)
     distribution.add_routes(app)
     status.add_routes(app)
+    admin.add_routes(app)
     return app

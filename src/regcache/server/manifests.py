@@ -16,17 +16,19 @@ MAX_TAG_PARAMS = 100
 
 async def get_manifest(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
     registry = request.app[REGISTRY]
-    return await manifest_response(request, registry, registry.manifest(repo, parse_reference(arg)))
+    stored = registry.manifest(repo, parse_reference(arg))
+    return await manifest_response(request, registry, repo, stored)
 
 
 async def manifest_response(
-    request: web.Request, registry: Registry, stored: StoredManifest
+    request: web.Request, registry: Registry, repo: str, stored: StoredManifest
 ) -> web.Response:
     """The stored manifest's bytes and media type, unchanged (headers only for HEAD)."""
     headers = {"Content-Type": stored.media_type, "Docker-Content-Digest": str(stored.digest)}
     if request.method == "HEAD":
         headers["Content-Length"] = str(stored.size)
         return web.Response(headers=headers)
+    registry.note_pull(repo, stored.digest)
     return web.Response(body=await registry.manifest_bytes(stored), headers=headers)
 
 

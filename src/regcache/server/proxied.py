@@ -26,7 +26,7 @@ class ResponseAborted(Exception):
 
 async def get_manifest(request: web.Request, remote: Remote, arg: str) -> web.StreamResponse:
     stored, warning = await request.app[PULL_THROUGH].manifest(remote, parse_reference(arg))
-    response = await manifest_response(request, request.app[REGISTRY], stored)
+    response = await manifest_response(request, request.app[REGISTRY], remote.local, stored)
     if warning:
         response.headers["Warning"] = warning
     return response
@@ -55,6 +55,8 @@ async def _follow(request: web.Request, download: Download, remote: Remote) -> w
             size = await download.wait_started()
         except UpstreamError as exc:
             raise exc.to_registry_error(f"blob {download.digest}") from None
+        except RegistryError:
+            raise
         except DownloadFailed as exc:
             raise RegistryError(
                 ErrorCode.BLOB_UNKNOWN, f"download of {download.digest} failed: {exc}", status=502

@@ -34,14 +34,21 @@ CREATE TABLE manifests (
     subject TEXT,
     annotations TEXT,
     created REAL NOT NULL,
+    last_pull REAL,
+    pulls INTEGER NOT NULL DEFAULT 0,
+    pinned INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (repo, digest)
 ) WITHOUT ROWID;
+CREATE INDEX manifests_lru ON manifests (pinned, last_pull);
 CREATE INDEX manifests_subject ON manifests (repo, subject);
 CREATE INDEX manifests_digest ON manifests (digest);
 CREATE TABLE manifest_refs (
-    repo TEXT NOT NULL, manifest TEXT NOT NULL, child TEXT NOT NULL,
+    repo TEXT NOT NULL, manifest TEXT NOT NULL, child TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (repo, manifest, child)
 ) WITHOUT ROWID;
+CREATE INDEX manifest_refs_child ON manifest_refs (child, repo);
+CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created REAL NOT NULL)
+    WITHOUT ROWID;
 CREATE TABLE tags (
     repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (repo, tag)
@@ -178,13 +185,8 @@ class Metadata:
         return cursor.rowcount > 0
 
     def content_referenced(self, digest: Digest) -> bool:
-        """Whether any repository still links `digest` as a blob or a manifest."""
-        row = self.db.execute(
-            "SELECT 1 FROM repo_blobs WHERE digest = ?1"
-            " UNION ALL SELECT 1 FROM manifests WHERE digest = ?1 LIMIT 1",
-            (str(digest),),
-        ).fetchone()
-        return row is not None
+        """Whether any repository still links `digest` as a blob, a manifest or a child."""
+        return self._referenced(self.db, str(digest))
 
     # manifests and tags
 
@@ -204,21 +206,15 @@ class Metadata:
         with self._transaction() as db:
             self._ensure_repo(db, repo, origin)
             db.execute(
-                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    repo,
-                    key,
-                    manifest.media_type,
-                    size,
-                    manifest.artifact_type,
-                    subject,
-                    annotations,
-                    now,
-                ),
-            )
+                "INSERT INTO manifests (repo, digest, media_type, size, artifact_type, subject,"
+                " annotations, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (repo, digest) DO NOTHING",
+                (repo, key, manifest.media_type, size, manifest.artifact_type, subject,
+                 annotations, now),
+            )  # fmt: skip
             db.executemany(
-                "INSERT OR IGNORE INTO manifest_refs VALUES (?, ?, ?)",
-                [(repo, key, str(d.digest)) for d in manifest.blobs + manifest.children],
+                "INSERT OR IGNORE INTO manifest_refs VALUES (?, ?, ?, ?)",
+                [(repo, key, str(d.digest), d.size) for d in manifest.blobs + manifest.children],
             )
             db.executemany(
                 "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
@@ -277,3 +273,164 @@ class Metadata:
             (repo, str(subject)),
         )
         return [_manifest(row) for row in rows]
+
+    # content sizes, pulls, pins and eviction
+
+    def add_blob(self, digest: Digest, size: int) -> bool:
+        """Record stored content; True when it was not recorded before (newly counted)."""
+        cursor = self.db.execute(
+            "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (str(digest), size, time.time())
+        )
+        return cursor.rowcount > 0
+
+    def blob_size(self, digest: Digest) -> int | None:
+        row = self.db.execute("SELECT size FROM blobs WHERE digest = ?", (str(digest),)).fetchone()
+        return row[0] if row else None
+
+    def remove_blob(self, digest: Digest) -> int:
+        """Forget stored content; the bytes it had (0 if it was not recorded)."""
+        size = self.blob_size(digest)
+        self.db.execute("DELETE FROM blobs WHERE digest = ?", (str(digest),))
+        return size or 0
+
+    def stored_bytes(self) -> tuple[int, int]:
+        """Bytes and number of recorded blobs (manifests included)."""
+        row = self.db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM blobs").fetchone()
+        return row[0], row[1]
+
+    def all_blobs(self) -> Iterator[tuple[Digest, int]]:
+        for row in self.db.execute("SELECT digest, size FROM blobs ORDER BY digest"):
+            yield Digest.parse(row[0]), row[1]
+
+    def known_size(self, digest: Digest) -> int | None:
+        """A blob's size as some stored manifest declares it, before it is fetched."""
+        row = self.db.execute(
+            "SELECT MAX(size) FROM manifest_refs WHERE child = ?", (str(digest),)
+        ).fetchone()
+        return row[0]
+
+    def unreferenced_blobs(self) -> list[Digest]:
+        rows = self.db.execute(
+            "SELECT digest FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM repo_blobs WHERE"
+            " digest = b.digest) AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest ="
+            " b.digest) AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE child = b.digest)"
+        )
+        return [Digest.parse(row[0]) for row in rows]
+
+    def record_pulls(self, pulls: dict[tuple[str, str], tuple[int, float]]) -> None:
+        """Add buffered pull counts and times to their manifests."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE manifests SET pulls = pulls + ?, last_pull = MAX(COALESCE(last_pull, 0), ?)"
+                " WHERE repo = ? AND digest = ?",
+                [(count, last, repo, digest) for (repo, digest), (count, last) in pulls.items()],
+            )
+
+    def set_pinned(self, repo: str, digest: Digest, pinned: bool) -> bool:
+        cursor = self.db.execute(
+            "UPDATE manifests SET pinned = ? WHERE repo = ? AND digest = ?",
+            (int(pinned), repo, str(digest)),
+        )
+        return cursor.rowcount > 0
+
+    _IMAGES = (
+        "SELECT m.repo, m.digest, m.media_type, m.size, m.created, m.last_pull, m.pulls,"
+        " m.pinned, r.origin FROM manifests m JOIN repositories r ON r.name = m.repo"
+        " WHERE NOT EXISTS (SELECT 1 FROM manifest_refs x JOIN manifests p ON p.repo = x.repo"
+        " AND p.digest = x.manifest WHERE x.repo = m.repo AND x.child = m.digest)"
+    )
+
+    def images(self, origin: str | None = None) -> Iterator[sqlite3.Row]:
+        """Top-level manifests (not the child of another manifest in their repository)."""
+        query = self._IMAGES + (" AND r.origin = ?" if origin else "") + " ORDER BY m.repo"
+        yield from self.db.execute(query, (origin,) if origin else ())
+
+    def eviction_candidates(self, limit: int) -> list[tuple[str, Digest]]:
+        """Unpinned cached images, least recently pulled first."""
+        rows = self.db.execute(
+            self._IMAGES + " AND r.origin = ? AND m.pinned = 0"
+            " ORDER BY COALESCE(m.last_pull, m.created) LIMIT ?",
+            (CACHED, limit),
+        )
+        return [(row["repo"], Digest.parse(row["digest"])) for row in rows]
+
+    def image_content(self, repo: str, digest: Digest) -> dict[str, int]:
+        """Every digest an image consists of (itself, child manifests, blobs) with sizes."""
+        content = {str(digest): self.blob_size(digest) or 0}
+        frontier = [str(digest)]
+        while frontier:
+            rows = self.db.execute(
+                "SELECT child, size FROM manifest_refs WHERE repo = ? AND manifest = ?",
+                (repo, frontier.pop()),
+            ).fetchall()
+            for child, size in rows:
+                if child not in content:
+                    content[child] = size
+                    frontier.append(child)
+        return content
+
+    def tags_of(self, repo: str, digest: Digest) -> list[str]:
+        rows = self.db.execute(
+            "SELECT tag FROM tags WHERE repo = ? AND digest = ? ORDER BY tag", (repo, str(digest))
+        )
+        return [row[0] for row in rows]
+
+    def evict_image(
+        self, repo: str, digest: Digest, in_use: set[Digest]
+    ) -> list[tuple[Digest, int]]:
+        """Delete an image (its manifest, child manifests no other manifest of the repository
+        uses, tags and links) in one transaction. Returns the content no one refers to any
+        more, whose records are gone: the caller deletes those files."""
+        content = self.image_content(repo, digest)
+        with self._transaction() as db:
+            doomed = {str(digest)} | {
+                child for child in content
+                if db.execute("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?",
+                              (repo, child)).fetchone()
+            }  # fmt: skip
+            for manifest in doomed:
+                db.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, manifest))
+                db.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, manifest))
+                db.execute(
+                    "DELETE FROM manifest_refs WHERE repo = ? AND manifest = ?", (repo, manifest)
+                )
+            freed = []
+            for child in content:
+                still_used = db.execute(
+                    "SELECT 1 FROM manifest_refs WHERE child = ? AND repo = ? LIMIT 1",
+                    (child, repo),
+                ).fetchone()
+                if not still_used:
+                    db.execute(
+                        "DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, child)
+                    )
+                parsed = Digest.parse(child)
+                if parsed not in in_use and not self._referenced(db, child):
+                    row = db.execute("SELECT size FROM blobs WHERE digest = ?", (child,)).fetchone()
+                    db.execute("DELETE FROM blobs WHERE digest = ?", (child,))
+                    freed.append((parsed, row[0] if row else 0))
+        return freed
+
+    def forget_content(self, digest: Digest) -> None:
+        """Remove every record of content that is gone or corrupt (for `verify --repair`)."""
+        key = str(digest)
+        with self._transaction() as db:
+            for repo, manifest in db.execute(
+                "SELECT repo, digest FROM manifests WHERE digest = ?", (key,)
+            ).fetchall():
+                db.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, manifest))
+                db.execute(
+                    "DELETE FROM manifest_refs WHERE repo = ? AND manifest = ?", (repo, manifest)
+                )
+            db.execute("DELETE FROM manifests WHERE digest = ?", (key,))
+            db.execute("DELETE FROM repo_blobs WHERE digest = ?", (key,))
+            db.execute("DELETE FROM blobs WHERE digest = ?", (key,))
+
+    @staticmethod
+    def _referenced(db: sqlite3.Connection, key: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM repo_blobs WHERE digest = ?1 UNION ALL SELECT 1 FROM manifests"
+            " WHERE digest = ?1 UNION ALL SELECT 1 FROM manifest_refs WHERE child = ?1 LIMIT 1",
+            (key,),
+        ).fetchone()
+        return row is not None

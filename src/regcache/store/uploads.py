@@ -163,6 +163,21 @@ class Uploads:
             self.cancel(upload)
         return size
 
+    def expire(self, max_age: float, now: float) -> int:
+        """Cancel sessions that received nothing for `max_age` seconds; how many."""
+        expired = 0
+        for folder in list(self.root.iterdir()):
+            try:
+                idle = now - (folder / "data").stat().st_mtime
+            except FileNotFoundError:
+                continue
+            lock = self._locks.get(folder.name)
+            if idle > max_age and not (lock is not None and lock.locked()):
+                shutil.rmtree(folder, ignore_errors=True)
+                self._hashers.pop(folder.name, None)
+                expired += 1
+        return expired
+
     def cancel(self, upload: Upload) -> None:
         """Forget the session and its data."""
         self._hashers.pop(upload.id, None)
