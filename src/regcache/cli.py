@@ -1,18 +1,33 @@
-"""The `regcache` command line."""
+"""The `regcache` command line: serve, the admin commands, and verify."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from regcache import __version__
+from regcache.admin_client import (
+    AdminClient,
+    AdminError,
+    images_table,
+    split_reference,
+    storage_table,
+    table,
+)
 from regcache.config import ConfigError, Settings, load_settings, split_listen
 from regcache.server import create_app
+from regcache.store.gc import verify
+from regcache.units import format_size, parse_duration, parse_size
+
+DEFAULT_URL = "http://127.0.0.1:5000"
 
 
 def _event_loop_factory(settings: Settings) -> None:
@@ -45,6 +60,81 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(args.url, args.token)
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> int:
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+def ls(args: argparse.Namespace) -> int:
+    path = "/admin/images" + (f"?pattern={args.pattern}" if args.pattern else "")
+    images = _client(args).call("GET", path)["images"]
+    return _print(args, images, images_table(images) if images else "no images")
+
+
+def rm(args: argparse.Namespace) -> int:
+    repo, ref = split_reference(args.image)
+    query = f"?repository={repo}&ref={ref}"
+    result = _client(args).call("DELETE", "/admin/images" + query)
+    return _print(
+        args, result, f"deleted {result['deleted']}, freed {format_size(result['freed'])}"
+    )
+
+
+def prune(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"dry_run": args.dry_run}
+    if args.pattern:
+        body["pattern"] = args.pattern
+    if args.older_than:
+        body["older_than"] = parse_duration(args.older_than)
+    if args.down_to:
+        body["down_to"] = parse_size(args.down_to)
+    result = _client(args).call("POST", "/admin/prune", body)
+    verb = "would evict" if result.get("dry_run") else "evicted"
+    text = f"{verb} {result['evicted']} images, freed {format_size(result['freed'])}"
+    return _print(args, result, "\n".join([text, *result.get("images", [])]))
+
+
+def _pin(args: argparse.Namespace, pinned: bool) -> int:
+    repo, ref = split_reference(args.image)
+    path = "/admin/pin" if pinned else "/admin/unpin"
+    result = _client(args).call("POST", path, {"repository": repo, "ref": ref})
+    state = "pinned" if pinned else "unpinned"
+    return _print(args, result, f"{state} {result['repository']}@{result['digest']}")
+
+
+def du(args: argparse.Namespace) -> int:
+    summary = _client(args).call("GET", "/admin/storage")
+    return _print(args, summary, storage_table(summary))
+
+
+def gc(args: argparse.Namespace) -> int:
+    result = _client(args).call("POST", "/admin/gc")
+    rows = [[key.replace("_", " "), str(value)] for key, value in result.items()]
+    return _print(args, result, table(["GARBAGE COLLECTION", ""], rows))
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    if not (args.data_dir / "metadata.db").exists():
+        raise AdminError(f"{args.data_dir} holds no regcache store")
+    result = verify(args.data_dir, repair=args.repair)
+    data = {"ok": result.ok, "checked": result.checked, "bytes": result.bytes,
+            "corrupt": result.corrupt, "missing": result.missing,
+            "orphan_files": result.orphan_files, "repaired": result.repaired}  # fmt: skip
+    lines = [f"checked {result.checked} blobs ({format_size(result.bytes)})"]
+    lines += [f"corrupt: {digest}" for digest in result.corrupt]
+    lines += [f"missing: {digest}" for digest in result.missing]
+    if result.orphan_files:
+        lines.append(f"{result.orphan_files} unrecorded files (garbage collection removes them)")
+    if not result.ok:
+        lines.append("removed" if args.repair else "run with --repair to remove them")
+    _print(args, data, "\n".join(lines))
+    return 0 if result.ok or args.repair else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regcache", description=__doc__)
     parser.add_argument("--version", action="version", version=f"regcache {__version__}")
@@ -54,6 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, metavar="PATH", help="storage (./regcache-data)")
     run.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     run.set_defaults(handler=serve)
+
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument("--url", default=os.environ.get("REGCACHE_URL", DEFAULT_URL),
+                       help=f"regcache to manage (REGCACHE_URL, {DEFAULT_URL})")  # fmt: skip
+    admin.add_argument("--token", default=os.environ.get("REGCACHE_ADMIN_TOKEN"),
+                       help="admin token (REGCACHE_ADMIN_TOKEN)")  # fmt: skip
+    admin.add_argument("--json", action="store_true", help="print JSON")
+    sub = commands.add_parser("ls", parents=[admin], help="list images")
+    sub.add_argument("pattern", nargs="?", help="glob over REPOSITORY or REPOSITORY:TAG")
+    sub.set_defaults(handler=ls)
+    sub = commands.add_parser("rm", parents=[admin], help="delete an image")
+    sub.add_argument("image", help="REPOSITORY:TAG or REPOSITORY@DIGEST")
+    sub.set_defaults(handler=rm)
+    sub = commands.add_parser("prune", parents=[admin], help="evict cached images")
+    sub.add_argument("--pattern", help="only images matching this glob")
+    sub.add_argument("--older-than", help="only images not pulled for this long (7d, 12h)")
+    sub.add_argument("--down-to", help="evict least recently pulled first down to a size (2GiB)")
+    sub.add_argument("--dry-run", action="store_true", help="only list what would go")
+    sub.set_defaults(handler=prune)
+    for name, pinned in (("pin", True), ("unpin", False)):
+        sub = commands.add_parser(name, parents=[admin], help=f"{name} an image")
+        sub.add_argument("image", help="REPOSITORY:TAG or REPOSITORY@DIGEST")
+        sub.set_defaults(handler=lambda args, pinned=pinned: _pin(args, pinned))
+    sub = commands.add_parser("du", parents=[admin], help="storage used against the quota")
+    sub.set_defaults(handler=du)
+    sub = commands.add_parser("gc", parents=[admin], help="collect garbage now")
+    sub.set_defaults(handler=gc)
+    sub = commands.add_parser("verify", help="re-hash every blob of a data directory")
+    sub.add_argument("--data-dir", type=Path, default=Path("regcache-data"))
+    sub.add_argument("--repair", action="store_true", help="remove blobs that do not match")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(handler=verify_command)
     return parser
 
 
@@ -64,3 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"regcache: configuration error: {exc}", file=sys.stderr)
         return 2
+    except (AdminError, ValueError) as exc:
+        print(f"regcache: {exc}", file=sys.stderr)
+        return 1

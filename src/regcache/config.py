@@ -183,8 +183,11 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+CLIENT_VARIABLES = frozenset({"REGCACHE_URL"})  # read by the admin commands, not the server
+
+
 def _check_environment() -> None:
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | CLIENT_VARIABLES
     for var in os.environ:
         if var.startswith(ENV_PREFIX) and var not in known:
             raise ConfigError(f"unknown setting in environment variable {var}")

@@ -75,3 +75,7 @@ class BlobStore:
 
     def delete(self, digest: Digest) -> None:
         self.path(digest).unlink(missing_ok=True)
+
+    def delete_all(self, digests: list[Digest]) -> None:
+        for digest in digests:
+            self.delete(digest)

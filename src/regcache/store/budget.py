@@ -116,8 +116,8 @@ class Budget:
         freed = self.meta.evict_image(repo, digest, self.in_use())
         sizes = sum(size for _, size in freed)
         self.used -= sizes
-        for content, _ in freed:
-            await asyncio.to_thread(self.blobs.delete, content)
+        if freed:
+            await asyncio.to_thread(self.blobs.delete_all, [content for content, _ in freed])
         self.evictions += 1
         log.info("evicted %s@%s, freed %d bytes", repo, digest, sizes)
         return sizes
