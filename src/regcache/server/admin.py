@@ -152,6 +152,10 @@ async def prune(request: web.Request) -> web.Response:
     body = await _json_body(request)
     pattern, older_than, down_to = body.get("pattern"), body.get("older_than"), body.get("down_to")
     dry_run = bool(body.get("dry_run"))
+    if pattern is None and older_than is None and down_to is None:
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, "say what to prune: pattern, older_than or down_to", status=400
+        )
     cutoff = time.time() - float(older_than) if older_than is not None else None
     chosen = [
         image for image in _images(request, pattern)
