@@ -319,7 +319,10 @@ def test_sigkill_during_eviction_or_gc(world: World, tmp_path: Path, moment: str
     request = ("prune", {"json": {"down_to": 0}}) if moment == "eviction" else ("gc", {})
     threading.Thread(target=lambda: _quietly(admin, cache, "POST", request[0], **request[1]),
                      daemon=True).start()  # fmt: skip
-    time.sleep(0.3)
+    files = _files(cache)
+    deadline = time.monotonic() + 60
+    while not _started(cache, moment, files) and time.monotonic() < deadline:
+        time.sleep(0.005)
     cache.kill()
     check = _verify(cache.data_dir)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -342,6 +345,17 @@ def test_sigkill_during_eviction_or_gc(world: World, tmp_path: Path, moment: str
             assert pull(cache, f"library/{image.tag}", image.tag) == image.digest
     finally:
         cache.stop()
+
+
+def _files(cache: Regcache) -> int:
+    return sum(1 for path in (cache.data_dir / "blobs").rglob("*") if path.is_file())
+
+
+def _started(cache: Regcache, moment: str, files: int) -> bool:
+    """Whether the eviction or collection under test has begun deleting."""
+    if moment == "eviction":
+        return admin(cache, "GET", "storage").json()["evictions"] > 0
+    return _files(cache) < files
 
 
 def _quietly(function, *args, **kwargs) -> None:

@@ -157,6 +157,10 @@ async def prune(request: web.Request) -> web.Response:
             ErrorCode.UNSUPPORTED, "say what to prune: pattern, older_than or down_to", status=400
         )
     cutoff = time.time() - float(older_than) if older_than is not None else None
+    if pattern is None and cutoff is None and not dry_run:  # only a size: no listing needed
+        before = registry.budget.used
+        count = await registry.budget.shrink_to(int(down_to), keep=lambda repo, digest: False)
+        return web.json_response({"evicted": count, "freed": before - registry.budget.used})
     chosen = [
         image for image in _images(request, pattern)
         if image["origin"] == "cached" and not image["pinned"]
