@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from regcache import __version__
+from regcache import __version__, logs
 from regcache.admin_client import (
     AdminClient,
     AdminError,
@@ -24,6 +24,7 @@ from regcache.admin_client import (
 )
 from regcache.config import ConfigError, Settings, load_settings, split_listen
 from regcache.server import create_app
+from regcache.server.observability import AccessLogger
 from regcache.store.gc import verify
 from regcache.units import format_size, parse_duration, parse_size
 
@@ -41,9 +42,7 @@ def _event_loop_factory(settings: Settings) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, listen=args.listen, data_dir=args.data_dir)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     _event_loop_factory(settings)
     host, port = split_listen(settings.listen)
     logging.getLogger("regcache").info(
@@ -55,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
         port=port,
         print=None,
         access_log=logging.getLogger("regcache.access"),
-        access_log_format='%a "%r" %s %b %Tfs',
+        access_log_class=AccessLogger,
     )
     return 0
 

@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     listen: str = "0.0.0.0:5000"
     data_dir: Path = Path("./regcache-data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"
     manifest_max_bytes: int = 4 * 1024 * 1024
     hot_manifest_bytes: int = 32 * 1024 * 1024
     quota_bytes: int = 5 * 1024**3

@@ -11,6 +11,7 @@ from pathlib import Path
 from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
+from regcache.metrics import Metrics
 from regcache.policy import is_pinned_tag
 from regcache.proxy.download import Download, Downloads
 from regcache.proxy.router import Remote
@@ -21,52 +22,51 @@ from regcache.upstream import UpstreamError
 
 log = logging.getLogger("regcache.cache")
 ACCEPT = {"Accept": ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])}
-STALE_WARNING = '110 regcache "Response is Stale: upstream unavailable"'
 
 
 class PullThrough:
     """Serves cached repositories, filling them from their upstream on demand."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, metrics: Metrics) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.downloads = Downloads(registry)
         self._manifest_fetches: dict[tuple[str, str], asyncio.Task[StoredManifest]] = {}
 
     # manifests
 
-    async def manifest(
-        self, remote: Remote, reference: str | Digest
-    ) -> tuple[StoredManifest, str | None]:
-        """The manifest and, when it is served stale, a `Warning` header value."""
+    async def manifest(self, remote: Remote, reference: str | Digest) -> tuple[StoredManifest, str]:
+        """The manifest and how it was served: `hit` (from cache), `revalidated` (cache,
+        confirmed by a HEAD), `stale` (cache, upstream unavailable), `miss` or `joined`."""
         meta = self.registry.meta
         if isinstance(reference, Digest):
             stored = meta.manifest(remote.local, reference)
-            if stored is None:
-                stored = await self._fetch(remote, str(reference), None)
-            return stored, None
+            if stored is not None:
+                return stored, "hit"
+            return await self._fetch(remote, str(reference), None)
         state = meta.tag_state(remote.local, reference)
         stored = meta.manifest(remote.local, state[0]) if state else None
         if state is None or stored is None:
-            return await self._fetch(remote, reference, reference), None
+            return await self._fetch(remote, reference, reference)
         digest, checked = state
         config = remote.upstream.config
         if is_pinned_tag(reference, config) or time.time() - checked < config.tag_ttl:
-            return stored, None
+            return stored, "hit"
         try:
             current = await self._head(remote, reference)
         except UpstreamError as exc:
             if not exc.unavailable:
                 raise exc.to_registry_error(f"manifest {reference}") from None
             log.info("serving %s:%s stale: %s", remote.local, reference, exc)
-            return stored, STALE_WARNING
+            return stored, "stale"
         if current == digest:
             meta.set_tag(remote.local, reference, digest)
-            return stored, None
+            return stored, "revalidated"
         changed = meta.manifest(remote.local, current) if current else None
         if changed is not None:
             meta.set_tag(remote.local, reference, current)
-            return changed, None
-        return await self._fetch(remote, reference, reference), None
+            return changed, "revalidated"
+        return await self._fetch(remote, reference, reference)
 
     async def _head(self, remote: Remote, tag: str) -> Digest | None:
         """The digest a tag points at upstream, asked with a HEAD (never counted as a pull)."""
@@ -76,16 +76,19 @@ class PullThrough:
             value = response.headers.get("Docker-Content-Digest")
         return Digest.parse(value) if value else None
 
-    async def _fetch(self, remote: Remote, reference: str, tag: str | None) -> StoredManifest:
+    async def _fetch(
+        self, remote: Remote, reference: str, tag: str | None
+    ) -> tuple[StoredManifest, str]:
         """GET a manifest once, however many clients ask for it at the same time."""
         key = (remote.local, reference)
         task = self._manifest_fetches.get(key)
+        outcome = "joined" if task is not None else "miss"
         if task is None:
             task = asyncio.create_task(self._get_manifest(remote, reference, tag))
             self._manifest_fetches[key] = task
             task.add_done_callback(lambda _: self._manifest_fetches.pop(key, None))
         try:
-            return await asyncio.shield(task)
+            return await asyncio.shield(task), outcome
         except UpstreamError as exc:
             raise exc.to_registry_error(f"manifest {reference}") from None
 
@@ -98,6 +101,7 @@ class PullThrough:
         ) as response:
             body = await response.content.read(limit + 1)
             content_type = response.headers.get("Content-Type")
+        self.metrics.bytes.labels("upstream").inc(len(body))
         if len(body) > limit:
             raise UpstreamError(f"{remote.upstream.name}: manifest larger than {limit} bytes")
         expected = Digest.parse(reference) if tag is None else None
@@ -113,13 +117,14 @@ class PullThrough:
 
     # blobs
 
-    def blob(self, remote: Remote, digest: Digest) -> Path | Download:
-        """A cached blob's file, or the download (started now or earlier) that brings it."""
+    def blob(self, remote: Remote, digest: Digest) -> tuple[Path | Download, str]:
+        """A cached blob's file (`hit`), or the download that brings it, started now (`miss`)
+        or earlier (`joined`)."""
         meta = self.registry.meta
         if digest not in self.downloads.active and meta.blob_size(digest) is not None:
             if not meta.blob_linked(remote.local, digest):
                 meta.link_blob(remote.local, digest, CACHED)
-            return self.registry.blobs.path(digest)
+            return self.registry.blobs.path(digest), "hit"
         declared = meta.known_size(digest) or 0
         if declared > self.registry.budget.quota:
             raise RegistryError(
@@ -127,11 +132,18 @@ class PullThrough:
                 f"blob {digest} has {declared} bytes, more than the whole storage quota of "
                 f"{self.registry.budget.quota} bytes",
             )
-        return self.downloads.join(
+        outcome = "joined" if digest in self.downloads.active else "miss"
+
+        def committed(download: Download) -> None:
+            meta.link_blob(remote.local, digest, CACHED)
+            self.metrics.bytes.labels("upstream").inc(download.written)
+
+        download = self.downloads.join(
             digest,
             lambda: remote.upstream.request("GET", remote.name, f"blobs/{digest}"),
-            lambda: meta.link_blob(remote.local, digest, CACHED),
+            committed,
         )
+        return download, outcome
 
     async def blob_size(self, remote: Remote, digest: Digest) -> int | None:
         """A blob's size by HEAD upstream, for a HEAD of a blob that is not cached."""

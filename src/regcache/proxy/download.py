@@ -154,7 +154,7 @@ class Downloads:
         self,
         digest: Digest,
         fetch: Fetch,
-        on_commit: Callable[[], None],
+        on_commit: Callable[[Download], None],
     ) -> Download:
         """The download of `digest`: the one in flight, or a new one started with `fetch`."""
         download = self.active.get(digest)
@@ -166,12 +166,14 @@ class Downloads:
             task.add_done_callback(self._tasks.discard)
         return download
 
-    async def _run(self, download: Download, fetch: Fetch, on_commit: Callable[[], None]) -> None:
+    async def _run(
+        self, download: Download, fetch: Fetch, on_commit: Callable[[Download], None]
+    ) -> None:
         error: BaseException | None = None
         try:
             async with fetch() as response:
                 await download.run(response, self.registry)
-            on_commit()
+            on_commit(download)
         except (
             UpstreamError, RegistryError, DownloadFailed, aiohttp.ClientError, TimeoutError,
             OSError,

@@ -10,12 +10,14 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.reference import parse_reference, validate_name
 from regcache.registry import Registry
-from regcache.server.keys import REGISTRY
+from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY
+from regcache.server.status import upstream_status
 from regcache.store.gc import collect_garbage
 from regcache.store.metadata import CACHED
 
@@ -88,14 +90,57 @@ def _images(request: web.Request, pattern: str | None = None) -> list[dict[str, 
     ]  # fmt: skip
 
 
-async def storage(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
+def _storage(registry: Registry) -> dict[str, int]:
     budget = registry.budget
     _, count = registry.meta.stored_bytes()
-    return web.json_response({
+    return {
         "used": budget.used, "reserved": budget.reserved, "quota": budget.quota,
         "free_disk": budget.free_disk(), "min_free": budget.min_free, "blobs": count,
         "evictions": budget.evictions,
+    }  # fmt: skip
+
+
+async def storage(request: web.Request) -> web.Response:
+    return web.json_response(_storage(request.app[REGISTRY]))
+
+
+def _counter(metric: Counter) -> dict[tuple[str, ...], float]:
+    """A labelled counter's current values by label tuple."""
+    return {
+        tuple(sample.labels.values()): sample.value
+        for family in metric.collect() for sample in family.samples
+        if sample.name.endswith("_total")
+    }  # fmt: skip
+
+
+async def overview(request: web.Request) -> web.Response:
+    """Everything the dashboard shows, in one request."""
+    metrics, registry = request.app[METRICS], request.app[REGISTRY]
+    outcomes: dict[str, float] = {}
+    for (_, outcome), value in _counter(metrics.cache).items():
+        outcomes[outcome] = outcomes.get(outcome, 0) + value
+    by_source = {labels[0]: value for labels, value in _counter(metrics.bytes).items()}
+    served = sum(outcomes.values())
+    hits = outcomes.get("hit", 0) + outcomes.get("revalidated", 0) + outcomes.get("stale", 0)
+    everything = _images(request)
+    downloads = request.app[PULL_THROUGH].downloads.active.values()
+    return web.json_response({
+        "storage": _storage(registry),
+        "traffic": {
+            "hits": hits, "misses": outcomes.get("miss", 0), "stale": outcomes.get("stale", 0),
+            "joined": outcomes.get("joined", 0),
+            "bytes_from_cache": by_source.get("cache", 0),
+            "bytes_from_upstream": by_source.get("upstream", 0),
+            "hit_ratio": hits / served if served else 0.0,
+        },
+        "upstreams": upstream_status(request),
+        "downloads": [
+            {"digest": str(d.digest), "size": d.size, "written": d.written, "readers": d.readers}
+            for d in downloads
+        ],
+        "recent_errors": metrics.failures(),
+        "top_by_pulls": sorted(everything, key=lambda i: -i["pulls"])[:10],
+        "top_by_size": sorted(everything, key=lambda i: -i["size"])[:10],
     })  # fmt: skip
 
 
@@ -190,6 +235,7 @@ async def gc(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/storage", storage)
+    app.router.add_get("/admin/overview", overview)
     app.router.add_get("/admin/images", images)
     app.router.add_get("/admin/repositories", repositories)
     app.router.add_delete("/admin/images", delete_image)

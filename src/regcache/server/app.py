@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
 
 from regcache.config import Settings
 from regcache.errors import RegistryError
+from regcache.metrics import Metrics, gauge
 from regcache.proxy.cache import PullThrough
 from regcache.proxy.router import Router
 from regcache.registry import Registry
-from regcache.server import admin, distribution, status
-from regcache.server.keys import PULL_THROUGH, REGISTRY, ROUTER
+from regcache.server import admin, distribution, observability, status
+from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, ROUTER
 from regcache.server.proxied import ResponseAborted
 from regcache.store.gc import collect_garbage
 from regcache.upstream import UpstreamClient
@@ -71,31 +73,65 @@ async def _every(seconds: float, chore: Callable[[], object]) -> None:
             log.exception("background chore failed")
 
 
-async def _gc(registry: Registry) -> None:
+async def _gc(registry: Registry, metrics: Metrics) -> None:
     report = await collect_garbage(registry)
+    metrics.gc_runs.inc()
     log.info("garbage collection: %s", report.as_dict())
+
+
+def _live_gauges(app: web.Application) -> Iterator[GaugeMetricFamily]:
+    """Gauges read from the state itself when /metrics is scraped."""
+    registry, budget = app[REGISTRY], app[REGISTRY].budget
+    downloads = app[PULL_THROUGH].downloads.active.values()
+    yield gauge("regcache_storage_used_bytes", "Bytes stored", budget.used)
+    yield gauge("regcache_storage_reserved_bytes", "Bytes being written", budget.reserved)
+    yield gauge("regcache_storage_quota_bytes", "Storage quota", budget.quota)
+    yield gauge("regcache_storage_free_disk_bytes", "Free space on the volume", budget.free_disk())
+    yield gauge("regcache_evictions", "Cached images evicted since start", budget.evictions)
+    yield gauge("regcache_downloads_in_flight", "Upstream blob downloads running", len(downloads))
+    yield gauge("regcache_download_waiters", "Clients reading downloads in flight",
+                sum(d.readers for d in downloads))  # fmt: skip
+    yield gauge("regcache_hot_manifest_bytes", "Manifest bytes held in memory", registry.hot.size)
+    if ROUTER not in app:
+        return
+    remaining = GaugeMetricFamily("regcache_upstream_ratelimit_remaining",
+                                  "Pulls left as the upstream last said",
+                                  labels=["upstream", "credential"])  # fmt: skip
+    limit = GaugeMetricFamily("regcache_upstream_ratelimit_limit", "Pull limit of the window",
+                              labels=["upstream", "credential"])  # fmt: skip
+    for client in app[ROUTER].upstreams:
+        labels = [client.name, client.auth.credential]
+        if client.ratelimit.remaining is not None:
+            remaining.add_metric(labels, client.ratelimit.remaining)
+        if client.ratelimit.limit is not None:
+            limit.add_metric(labels, client.ratelimit.limit)
+    yield remaining
+    yield limit
 
 
 def create_app(settings: Settings) -> web.Application:
     """The whole server for `settings`; the store opens on start-up."""
     app = web.Application(
-        middlewares=[errors_middleware, admin.admin_auth],
+        middlewares=[observability.measure, errors_middleware, admin.admin_auth],
         client_max_size=settings.manifest_max_bytes,
     )
     registry = Registry(settings)
-    pull_through = PullThrough(registry)
+    metrics = Metrics()
+    pull_through = PullThrough(registry, metrics)
     app[REGISTRY] = registry
     app[PULL_THROUGH] = pull_through
+    app[METRICS] = metrics
+    metrics.add_collector(partial(_live_gauges, app))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         registry.open()
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64), auto_decompress=False, trust_env=False
         ) as session:
-            app[ROUTER] = Router([UpstreamClient(u, session) for u in settings.upstreams])
+            app[ROUTER] = Router([UpstreamClient(u, session, metrics) for u in settings.upstreams])
             chores = [
                 asyncio.create_task(_every(PULL_FLUSH_INTERVAL, registry.flush_pulls)),
-                asyncio.create_task(_every(settings.gc_interval, partial(_gc, registry))),
+                asyncio.create_task(_every(settings.gc_interval, partial(_gc, registry, metrics))),
             ]
             yield
             for chore in chores:
@@ -108,4 +144,5 @@ def create_app(settings: Settings) -> web.Application:
     distribution.add_routes(app)
     status.add_routes(app)
     admin.add_routes(app)
+    observability.add_routes(app)
     return app

@@ -29,6 +29,7 @@ PULL_METHODS = ("GET", "HEAD")
 
 @dataclass(frozen=True)
 class Route:
+    name: str
     pattern: re.Pattern[str]
     hosted: dict[str, Hosted]
     cached: dict[str, Cached]
@@ -43,16 +44,19 @@ _UPLOADS = {
 }
 _ROUTES = [
     Route(
+        "uploads",
         re.compile(r"(?P<name>.+)/blobs/uploads/(?P<arg>[^/]*)"),
         _UPLOADS,
         dict.fromkeys(_UPLOADS, proxied.deny_push),
     ),
     Route(
+        "blobs",
         re.compile(r"(?P<name>.+)/blobs/(?P<arg>[^/]+)"),
         {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
         {"GET": proxied.get_blob, "HEAD": proxied.get_blob, "DELETE": proxied.deny_push},
     ),
     Route(
+        "manifests",
         re.compile(r"(?P<name>.+)/manifests/(?P<arg>[^/]+)"),
         {
             "GET": manifests.get_manifest,
@@ -68,11 +72,13 @@ _ROUTES = [
         },
     ),
     Route(
+        "tags",
         re.compile(r"(?P<name>.+)/tags/(?P<arg>list)"),
         {"GET": listings.tags},
         {"GET": proxied.tags},
     ),
     Route(
+        "referrers",
         re.compile(r"(?P<name>.+)/referrers/(?P<arg>[^/]+)"),
         {"GET": listings.referrers},
         {"GET": proxied.referrers},
@@ -83,6 +89,7 @@ _ROUTES = [
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Route a /v2/ request to its endpoint, validating the repository name first."""
     path = request.match_info["path"]
+    request["route"] = "version" if path == "" else "catalog" if path == "_catalog" else "other"
     if path == "":
         if request.method not in PULL_METHODS:
             raise _unsupported(request)
@@ -94,8 +101,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     for route in _ROUTES:
         match = route.pattern.fullmatch(path)
         if match:
+            request["route"] = route.name
             name = validate_name(match["name"])
             remote = _remote(request, name)
+            request["log"]["repository"] = remote.local if remote else name
+            if route.name in ("manifests", "blobs"):
+                request["log"]["reference"] = match["arg"]
             endpoints: dict[str, Any] = route.cached if remote else route.hosted
             endpoint = endpoints.get(request.method)
             if endpoint is None:

@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from regcache.metrics import Metrics
 from regcache.proxy.cache import PullThrough
 from regcache.proxy.router import Router
 from regcache.registry import Registry
@@ -9,3 +10,4 @@ from regcache.registry import Registry
 REGISTRY = web.AppKey("registry", Registry)
 PULL_THROUGH = web.AppKey("pull_through", PullThrough)
 ROUTER = web.AppKey("router", Router)
+METRICS = web.AppKey("metrics", Metrics)

@@ -13,7 +13,7 @@ from regcache.proxy.download import Download, DownloadFailed
 from regcache.proxy.router import Remote
 from regcache.reference import parse_reference
 from regcache.server.blobs import file_response
-from regcache.server.keys import PULL_THROUGH, REGISTRY
+from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY
 from regcache.server.listings import referrers_response
 from regcache.server.manifests import manifest_response
 from regcache.store.metadata import CACHED
@@ -24,11 +24,25 @@ class ResponseAborted(Exception):
     """A response was cut off after its headers went out; the connection is closed."""
 
 
+STALE_WARNING = '110 regcache "Response is Stale: upstream unavailable"'
+
+
+def _note(request: web.Request, kind: str, outcome: str, cached_bytes: int = 0) -> None:
+    """Record a pull's cache outcome for the metrics and the request's log line."""
+    metrics = request.app[METRICS]
+    metrics.cache.labels(kind, outcome).inc()
+    if cached_bytes:
+        metrics.bytes.labels("cache").inc(cached_bytes)
+    request["log"]["cache"] = outcome
+
+
 async def get_manifest(request: web.Request, remote: Remote, arg: str) -> web.StreamResponse:
-    stored, warning = await request.app[PULL_THROUGH].manifest(remote, parse_reference(arg))
+    stored, outcome = await request.app[PULL_THROUGH].manifest(remote, parse_reference(arg))
     response = await manifest_response(request, request.app[REGISTRY], remote.local, stored)
-    if warning:
-        response.headers["Warning"] = warning
+    cached = outcome in ("hit", "revalidated", "stale") and request.method == "GET"
+    _note(request, "manifest", outcome, stored.size if cached else 0)
+    if outcome == "stale":
+        response.headers["Warning"] = STALE_WARNING
     return response
 
 
@@ -41,10 +55,25 @@ async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.Stream
         if size is not None:
             headers["Content-Length"] = str(size)
         return web.Response(headers=headers)
-    source = pull.blob(remote, digest)
+    source, outcome = pull.blob(remote, digest)
     if isinstance(source, Path):
-        return file_response(source, digest)
+        response = file_response(source, digest)
+        _note(request, "blob", outcome, _served_bytes(request, source))
+        return response
+    _note(request, "blob", outcome)
     return await _follow(request, source, remote)
+
+
+def _served_bytes(request: web.Request, path: Path) -> int:
+    """How many bytes of a stored blob a GET will send (its `Range`, or all of it)."""
+    if request.method != "GET":
+        return 0
+    size = path.stat().st_size
+    try:
+        start, end = _byte_range(request, size)
+    except web.HTTPRequestRangeNotSatisfiable:
+        return 0
+    return end - start
 
 
 async def _follow(request: web.Request, download: Download, remote: Remote) -> web.StreamResponse:

@@ -7,23 +7,23 @@ from aiohttp import web
 from regcache.server.keys import ROUTER
 
 
-async def upstreams(request: web.Request) -> web.Response:
+def upstream_status(request: web.Request) -> list[dict[str, object]]:
     """Name, prefix, URL, credential name and rate-limit figures; never a secret."""
-    return web.json_response(
+    return [
         {
-            "upstreams": [
-                {
-                    "name": client.name,
-                    "prefix": client.config.prefix,
-                    "url": client.config.url,
-                    "mirror": client.config.mirror,
-                    "credential": client.auth.credential,
-                    "ratelimit": client.ratelimit.as_dict(),
-                }
-                for client in request.app[ROUTER].upstreams
-            ]
+            "name": client.name,
+            "prefix": client.config.prefix,
+            "url": client.config.url,
+            "mirror": client.config.mirror,
+            "credential": client.auth.credential,
+            "ratelimit": client.ratelimit.as_dict(),
         }
-    )
+        for client in request.app[ROUTER].upstreams
+    ]
+
+
+async def upstreams(request: web.Request) -> web.Response:
+    return web.json_response({"upstreams": upstream_status(request)})
 
 
 def add_routes(app: web.Application) -> None:

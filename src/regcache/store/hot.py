@@ -18,6 +18,10 @@ class HotManifests:
         self._entries: OrderedDict[Digest, bytes] = OrderedDict()
         self._size = 0
 
+    @property
+    def size(self) -> int:
+        return self._size
+
     def get(self, digest: Digest) -> bytes | None:
         data = self._entries.get(digest)
         if data is not None:

@@ -13,11 +13,20 @@ import aiohttp
 
 from regcache.config import Upstream
 from regcache.errors import ErrorCode, RegistryError
+from regcache.metrics import Metrics
 from regcache.upstream.auth import Authenticator, AuthError, Challenge
 from regcache.upstream.ratelimit import RateLimit
 
 log = logging.getLogger("regcache.upstream")
 BACKOFF = 0.25  # seconds before the first retry, doubled each time
+
+
+def _request_id(response: aiohttp.ClientResponse) -> str | None:
+    """The upstream's id for a request, where it gives one."""
+    for header in ("X-Request-Id", "Docker-Request-Id", "X-Amz-Cf-Id"):
+        if header in response.headers:
+            return response.headers[header]
+    return None
 
 
 class UpstreamError(Exception):
@@ -55,9 +64,10 @@ class UpstreamError(Exception):
 class UpstreamClient:
     """Requests to one configured upstream registry over a shared connection pool."""
 
-    def __init__(self, config: Upstream, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: Upstream, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self.config = config
         self.session = session
+        self.metrics = metrics
         self.auth = Authenticator(config.username, config.secret())
         self.ratelimit = RateLimit()
         self.ssl: ssl.SSLContext | bool = True
@@ -101,9 +111,22 @@ class UpstreamClient:
                     await asyncio.sleep(BACKOFF * 2 ** (attempt - 1))
                     continue
                 log.warning("upstream %s %s %s failed: %s", self.name, method, url, reason)
+                self.metrics.observe_upstream(self.name, method, path, None, "")
+                self.metrics.upstream_failed(self.name, None, reason)
                 raise UpstreamError(f"{self.name}: {reason}") from None
             self.ratelimit.observe(response.headers)
-            log.debug("upstream %s %s %s -> %d", self.name, method, url, response.status)
+            self.metrics.observe_upstream(
+                self.name, method, path, response.status, response.headers.get("Content-Type", "")
+            )
+            log.info(
+                "upstream %s %s %s -> %d", self.name, method, url, response.status,
+                extra={"upstream": self.name, "status": response.status,
+                       "upstream_request_id": _request_id(response)},
+            )  # fmt: skip
+            if response.status >= 400 and response.status != 401:
+                self.metrics.upstream_failed(
+                    self.name, response.status, f"{method} {repo}/{path}: {response.status}"
+                )
             if response.status == 401 and not answered_challenge:
                 answered_challenge = True
                 challenge = Challenge.parse(response.headers.get("WWW-Authenticate", ""))
