@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(docker-registry skopeo podman containerd docker.io nginx-light wrk umoci)
+DEBIAN_PACKAGES=(docker-registry skopeo podman containerd docker.io nginx-light wrk umoci curl
+  chromium chromium-driver)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do

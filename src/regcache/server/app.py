@@ -18,7 +18,7 @@ from regcache.metrics import Metrics, gauge
 from regcache.proxy.cache import PullThrough
 from regcache.proxy.router import Router
 from regcache.registry import Registry
-from regcache.server import admin, distribution, observability, status
+from regcache.server import admin, dashboard, distribution, observability, status
 from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, ROUTER
 from regcache.server.proxied import ResponseAborted
 from regcache.store.gc import collect_garbage
@@ -144,5 +144,6 @@ def create_app(settings: Settings) -> web.Application:
     distribution.add_routes(app)
     status.add_routes(app)
     admin.add_routes(app)
+    dashboard.add_routes(app)
     observability.add_routes(app)
     return app
