@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from regcache.digest import CHUNK, Digest
+from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.proxy.download import Download, DownloadFailed
 from regcache.proxy.router import Remote
@@ -24,6 +24,7 @@ class ResponseAborted(Exception):
     """A response was cut off after its headers went out; the connection is closed."""
 
 
+FOLLOW_CHUNK = 256 * 1024  # bytes per write to a client following a download: bounds memory
 STALE_WARNING = '110 regcache "Response is Stale: upstream unavailable"'
 
 
@@ -141,7 +142,7 @@ async def _copy(
         while position < end:
             limit = await download.available(position, end)
             while position < limit:
-                data = os.pread(fd, min(CHUNK, limit - position), position)
+                data = os.pread(fd, min(FOLLOW_CHUNK, limit - position), position)
                 if not data:
                     raise DownloadFailed("blob file ended early")
                 await response.write(data)
