@@ -56,10 +56,6 @@ class Download:
         self._changed = asyncio.Event()
         self.started = asyncio.Event()  # set once the size is known, or on failure
 
-    @property
-    def finished(self) -> bool:
-        return self.verified or self.error is not None
-
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
