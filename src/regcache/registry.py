@@ -83,12 +83,10 @@ class Registry:
 
     # blobs
 
-    def blob_path(self, repo: str, digest: Digest) -> tuple[Path, int]:
-        """The file and size of a blob linked to `repo`, or BLOB_UNKNOWN."""
-        if self.meta.blob_linked(repo, digest):
-            size = self.blobs.size(digest)
-            if size is not None:
-                return self.blobs.path(digest), size
+    def blob_path(self, repo: str, digest: Digest) -> Path:
+        """The file of a blob linked to `repo`, or BLOB_UNKNOWN."""
+        if self.meta.blob_linked(repo, digest) and self.blobs.size(digest) is not None:
+            return self.blobs.path(digest)
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to {repo}")
 
     async def finish_upload(self, upload: Upload, digest: Digest) -> None:

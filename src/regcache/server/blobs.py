@@ -44,8 +44,7 @@ def file_response(path: Path, digest: Digest) -> web.FileResponse:
 
 async def get_blob(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
     digest = Digest.parse(arg)
-    path, _size = request.app[REGISTRY].blob_path(repo, digest)
-    return file_response(path, digest)
+    return file_response(request.app[REGISTRY].blob_path(repo, digest), digest)
 
 
 async def delete_blob(request: web.Request, repo: str, arg: str) -> web.StreamResponse:

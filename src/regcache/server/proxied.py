@@ -50,7 +50,7 @@ async def get_manifest(request: web.Request, remote: Remote, arg: str) -> web.St
 async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.StreamResponse:
     digest = Digest.parse(arg)
     pull = request.app[PULL_THROUGH]
-    if request.method == "HEAD" and pull.registry.blobs.size(digest) is None:
+    if request.method == "HEAD" and pull.registry.meta.blob_size(digest) is None:
         size = await pull.blob_size(remote, digest)
         headers = {"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"}
         if size is not None:
