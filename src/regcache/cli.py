@@ -26,7 +26,9 @@ from regcache.config import ConfigError, Settings, load_settings, split_listen
 from regcache.server import create_app
 from regcache.server.observability import AccessLogger
 from regcache.store.gc import verify
+from regcache.transfer import commands as transfer
 from regcache.units import format_size, parse_duration, parse_size
+from regcache.workshop import commands as workshop
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 
@@ -98,7 +100,15 @@ def prune(args: argparse.Namespace) -> int:
 
 
 def _pin(args: argparse.Namespace, pinned: bool) -> int:
-    repo, ref = split_reference(args.image)
+    """Pin an image in the cache, or (`pin` with paths) pin a workshop's tags to digests."""
+    paths = [Path(target) for target in args.targets]
+    if pinned and all(path.exists() for path in paths):
+        return workshop.pin_files(args)
+    if len(args.targets) != 1 or args.dry_run or args.to_mirror:
+        raise AdminError(
+            f"{args.command} takes one image (REPOSITORY:TAG), or workshop files and directories"
+        )
+    repo, ref = split_reference(args.targets[0])
     path = "/admin/pin" if pinned else "/admin/unpin"
     result = _client(args).call("POST", path, {"repository": repo, "ref": ref})
     state = "pinned" if pinned else "unpinned"
@@ -164,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=prune)
     for name, pinned in (("pin", True), ("unpin", False)):
         sub = commands.add_parser(name, parents=[admin], help=f"{name} an image")
-        sub.add_argument("image", help="REPOSITORY:TAG or REPOSITORY@DIGEST")
+        sub.add_argument("targets", nargs="+", metavar="IMAGE|PATH",
+                         help="REPOSITORY:TAG or REPOSITORY@DIGEST in the cache; or workshop "
+                         "files and directories whose tags to pin to digests")  # fmt: skip
+        if pinned:
+            workshop.add_pin_arguments(sub)
         sub.set_defaults(handler=lambda args, pinned=pinned: _pin(args, pinned))
     sub = commands.add_parser("du", parents=[admin], help="storage used against the quota")
     sub.set_defaults(handler=du)
@@ -175,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--repair", action="store_true", help="remove blobs that do not match")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(handler=verify_command)
+    workshop.add_commands(commands)
+    transfer.add_commands(commands)
     return parser
 
 

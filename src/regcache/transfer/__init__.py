@@ -1,0 +1,1 @@
+"""Moving images between registries: `copy` and `warm`."""
