@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,22 +44,50 @@ def _event_loop_factory(settings: Settings) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load tls_cert/tls_key: {exc}") from exc
+    return context
+
+
+async def _run(
+    app: web.Application, host: str, ports: list[int], tls: ssl.SSLContext | None
+) -> None:
+    """Serve `app` on every port until SIGTERM or SIGINT."""
+    runner = web.AppRunner(
+        app, access_log=logging.getLogger("regcache.access"), access_log_class=AccessLogger
+    )
+    await runner.setup()
+    try:
+        for port in ports:
+            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, listen=args.listen, data_dir=args.data_dir)
     logs.configure(settings.log_level, settings.log_format)
     _event_loop_factory(settings)
     host, port = split_listen(settings.listen)
+    ports = [port, *(p for tenant in settings.tenants for p in tenant.ports)]
+    tls = _ssl_context(settings)
+    app = create_app(settings)
     logging.getLogger("regcache").info(
-        "regcache %s serving on %s:%d, data in %s", __version__, host, port, settings.data_dir
-    )
-    web.run_app(
-        create_app(settings),
-        host=host,
-        port=port,
-        print=None,
-        access_log=logging.getLogger("regcache.access"),
-        access_log_class=AccessLogger,
-    )
+        "regcache %s serving %s on %s port %s, data in %s", __version__,
+        "https" if tls else "http", host, ", ".join(map(str, ports)), settings.data_dir,
+    )  # fmt: skip
+    asyncio.run(_run(app, host, ports, tls))
     return 0
 
 
@@ -104,7 +134,7 @@ def _pin(args: argparse.Namespace, pinned: bool) -> int:
     paths = [Path(target) for target in args.targets]
     if pinned and all(path.exists() for path in paths):
         return workshop.pin_files(args)
-    if len(args.targets) != 1 or args.dry_run or args.to_mirror:
+    if len(args.targets) != 1 or getattr(args, "dry_run", False):
         raise AdminError(
             f"{args.command} takes one image (REPOSITORY:TAG), or workshop files and directories"
         )

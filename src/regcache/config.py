@@ -7,6 +7,7 @@ the embedded defaults. An unknown or ill-typed key is a `ConfigError` naming the
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -27,6 +28,10 @@ from regcache.reference import NAME_RE
 ENV_PREFIX = "REGCACHE_"
 
 
+def _listed(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else [value]
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the offending key."""
 
@@ -42,6 +47,9 @@ def split_listen(listen: str) -> tuple[str, int]:
 DOCKER_HUB_HOSTS = frozenset(
     {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 )
+
+
+DOCKER_HUB_REDIRECTS = ["*.docker.com", "*.docker.io"]  # its blob storage (a CDN)
 
 
 class Upstream(BaseModel):
@@ -62,6 +70,8 @@ class Upstream(BaseModel):
     ca_file: Path | None = None
     timeout: float = 30.0
     retries: int = 2
+    max_downloads: int = 16  # blob downloads from this upstream at once
+    redirect_hosts: list[str] | None = None  # globs of hosts it may redirect to
     tag_ttl: float = 300.0
     immutable_tags: list[str] = []
     mutable_tags: list[str] = []
@@ -96,6 +106,13 @@ class Upstream(BaseModel):
             return self.docker_hub
         return urlsplit(self.url).hostname in DOCKER_HUB_HOSTS
 
+    @property
+    def trusted_redirects(self) -> list[str]:
+        """Hosts besides its own that the upstream may redirect to (blob storage)."""
+        if self.redirect_hosts is not None:
+            return self.redirect_hosts
+        return DOCKER_HUB_REDIRECTS if self.is_docker_hub else []
+
     def secret(self) -> str | None:
         """The upstream password, read from wherever the config says it is."""
         if self.password is not None:
@@ -117,6 +134,96 @@ class Upstream(BaseModel):
         return None
 
 
+class Rate(BaseModel):
+    """A token bucket: `rate` units per second on average, up to `burst` at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float
+    burst: float
+
+    @model_validator(mode="after")
+    def _check(self) -> Rate:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        return self
+
+
+class Limits(BaseModel):
+    """Rates of requests, of image pulls (manifest GETs) and of blob bytes downloaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests: Rate | None = None
+    pulls: Rate | None = None
+    download_bytes: Rate | None = None
+
+
+class Token(BaseModel):
+    """A static bearer token (also accepted as the password of `docker login`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    push: bool = False
+
+    @model_validator(mode="after")
+    def _check_source(self) -> Token:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token and token_file")
+        return self
+
+    def secret(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        assert self.token_file is not None
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"token {self.name}: cannot read token_file {self.token_file}: {exc.strerror}"
+            ) from exc
+
+
+TENANT_NAME_RE = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+
+
+class TenantSettings(BaseModel):
+    """One user of a shared regcache (a workshop environment, a class, a team)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    hosts: list[str] = []  # Host names (without port) that select this tenant
+    ports: list[int] = []  # extra listen ports that select it
+    default: bool = False  # serves requests that no other tenant's host, port or user selects
+    htpasswd: Path | None = None  # bcrypt users
+    push_users: list[str] = ["*"]  # globs over htpasswd users who may push; others pull
+    tokens: list[Token] = []
+    anonymous: Literal["none", "pull", "push"] = "pull"
+    quota_bytes: int | None = None
+    max_image_bytes: int | None = None
+    allow: dict[str, list[str]] | None = None  # upstream prefix -> globs of its repositories
+    deny: dict[str, list[str]] = {}
+    tag_policy: Literal["allow", "warn", "deny"] = "allow"
+    client_limits: Limits = Limits()
+    tenant_limits: Limits = Limits()
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not re.fullmatch(TENANT_NAME_RE, value):
+            raise ValueError("must be lower-case letters, digits and single dashes")
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _lower_hosts(cls, value: list[str]) -> list[str]:
+        return [host.lower() for host in value]
+
+
 class Settings(BaseSettings):
     """Everything regcache can be told. Every field is also `REGCACHE_<FIELD>`."""
 
@@ -135,7 +242,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     admin_open: bool = False
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     upstreams: list[Upstream] = []
+    tenants: list[TenantSettings] = []
 
     @model_validator(mode="after")
     def _check_upstreams(self) -> Settings:
@@ -145,6 +255,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"upstreams: each {field} must be unique")
         if sum(upstream.mirror for upstream in self.upstreams) > 1:
             raise ValueError("upstreams: only one upstream can be the mirror")
+        for field in ("name", "hosts", "ports"):
+            values = [v for t in self.tenants for v in _listed(getattr(t, field))]
+            if len(values) != len(set(values)):
+                raise ValueError(f"tenants: each {field.rstrip('s')} must belong to one tenant")
+        if sum(tenant.default for tenant in self.tenants) > 1:
+            raise ValueError("tenants: only one tenant can be the default")
+        prefixes = {upstream.prefix for upstream in self.upstreams}
+        for tenant in self.tenants:
+            for prefix in [*(tenant.allow or {}), *tenant.deny]:
+                if prefix not in prefixes:
+                    raise ValueError(f"tenants: {tenant.name} names no upstream prefix {prefix!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
         return self
 
     @field_validator("listen")
@@ -219,4 +342,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(_describe(exc, origin)) from exc
 
 
-__all__ = ["ConfigError", "Settings", "Upstream", "load_settings", "split_listen"]
+__all__ = [
+    "ConfigError", "Limits", "Rate", "Settings", "TenantSettings", "Token", "Upstream",
+    "load_settings", "split_listen",
+]  # fmt: skip

@@ -103,13 +103,13 @@ class Registry:
         finally:
             self.budget.release(reserved)
 
-    def mount(self, repo: str, digest: Digest, source: str | None) -> bool:
+    def mount(self, repo: str, digest: Digest, source: str | None, within: str = "") -> bool:
         """Link a blob of `source` into `repo`; False when `source` does not hold it.
 
-        Without a `source`, any hosted repository that holds the blob will do.
+        Without a `source`, any hosted repository whose name starts with `within` will do.
         """
         if source is None:
-            source = self.meta.blob_hosted(digest)
+            source = self.meta.blob_hosted(digest, within)
         if source is None or not self.meta.blob_linked(source, digest):
             return False
         if self.blobs.size(digest) is None:
@@ -233,8 +233,8 @@ class Registry:
         self._require_repo(repo)
         return self.meta.tags(repo, last, limit)
 
-    def repositories(self, last: str | None, limit: int) -> list[str]:
-        return self.meta.repositories(last, limit)
+    def repositories(self, last: str | None, limit: int, prefix: str = "") -> list[str]:
+        return self.meta.repositories(last, limit, prefix)
 
     def referrers(
         self, repo: str, subject: Digest, artifact_type: str | None

@@ -354,6 +354,14 @@ class Dockerd(MirrorClient):
         """`docker image prune --all`; there are no containers to keep any image."""
         self.docker("image", "prune", "--all", "--force")
 
+    def login(self, url: str, user: str, password: str) -> None:
+        """`docker login` to `url` (HOST:PORT); kept under `workdir`."""
+        host = urlsplit(url).netloc or url
+        self._run(
+            DOCKER, "-H", f"unix://{self.socket}", "login", "--username", user,
+            "--password-stdin", host, stdin=password,
+        )  # fmt: skip
+
 
 class Podman(MirrorClient):
     """podman with the snippet as registries.conf, vfs storage, and state under `workdir`.

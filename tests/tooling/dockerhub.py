@@ -4,7 +4,10 @@ It behaves as Docker Hub does where regcache cares: a token realm that checks cr
 and issues scoped bearer tokens; `/v2/` answering 401 with the Bearer challenge without one;
 rate-limit accounting per client (manifest GETs of images count, an index does not, HEADs
 and blobs never); `ratelimit-*` headers; 429 TOOMANYREQUESTS once the budget is spent.
-Control endpoints under `/_emulator/` switch failure modes and report what was asked.
+Like Docker Hub, it can send blob GETs to its blob storage (mode `cdn`: a 307 redirect to
+`localhost`, another host name for the same emulator, served under `/_cdn/`); mode `slow`
+holds each blob response for a moment, so downloads at once can be counted. Control
+endpoints under `/_emulator/` switch modes and report what was asked.
 
 Run: python -m tooling.dockerhub --port P --backend http://127.0.0.1:R [--limit N]
          [--username U --password W]
@@ -13,6 +16,7 @@ Run: python -m tooling.dockerhub --port P --backend http://127.0.0.1:R [--limit 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import secrets
@@ -51,6 +55,7 @@ class Emulator:
         self.blob_gets: Counter[str] = Counter()
         self.authorizations: list[str] = []
         self.session: aiohttp.ClientSession | None = None
+        self.streaming = 0  # blob responses being sent now
 
     def remaining(self, who: str) -> int:
         now = time.time()
@@ -122,6 +127,16 @@ async def registry(request: web.Request) -> web.StreamResponse:
     if kind == "manifest" and request.method == "GET" and hub.remaining(who) <= 0:
         return _error(429, "TOOMANYREQUESTS", "You have reached your pull rate limit.",
                       {**extra, "Retry-After": "3600"})  # fmt: skip
+    if kind == "blob" and request.method == "GET" and hub.mode == "cdn":
+        location = f"http://localhost:{request.url.port}/_cdn/{path}"
+        return web.Response(status=307, headers={"Location": location})
+    return await _relay(request, hub, path, kind, who, extra)
+
+
+async def _relay(
+    request: web.Request, hub: Emulator, path: str, kind: str, who: str, extra: dict[str, str]
+) -> web.StreamResponse:
+    """Answer from the backend registry, counting pulls and blob downloads."""
     assert hub.session is not None
     forwarded = {k: v for k, v in request.headers.items() if k in ("Accept", "Range")}
     async with hub.session.request(
@@ -134,18 +149,34 @@ async def registry(request: web.Request) -> web.StreamResponse:
                 hub.pulls[who].append(time.time())
                 hub.stats["counted_pulls"] += 1
             extra = hub.ratelimit_headers(who)
-        if kind == "blob" and request.method == "GET":
+        blob = kind == "blob" and request.method == "GET"
+        if blob:
             hub.blob_gets[path.rsplit("/", 1)[1]] += 1
-        headers = {k: upstream.headers[k] for k in PASSED_HEADERS if k in upstream.headers}
-        response = web.StreamResponse(status=upstream.status, headers={**headers, **extra})
-        await response.prepare(request)
-        corrupt = hub.mode == "corrupt" and kind == "blob"
-        async for chunk in upstream.content.iter_any():
-            if corrupt and chunk:
-                chunk, corrupt = bytes([chunk[0] ^ 0xFF]) + chunk[1:], False
-            await response.write(chunk)
-        await response.write_eof()
+            hub.streaming += 1
+            hub.stats["most_blobs_at_once"] = max(hub.stats["most_blobs_at_once"], hub.streaming)
+        try:
+            if blob and hub.mode == "slow":
+                await asyncio.sleep(0.3)
+            headers = {k: upstream.headers[k] for k in PASSED_HEADERS if k in upstream.headers}
+            response = web.StreamResponse(status=upstream.status, headers={**headers, **extra})
+            await response.prepare(request)
+            corrupt = hub.mode == "corrupt" and kind == "blob"
+            async for chunk in upstream.content.iter_any():
+                if corrupt and chunk:
+                    chunk, corrupt = bytes([chunk[0] ^ 0xFF]) + chunk[1:], False
+                await response.write(chunk)
+            await response.write_eof()
+        finally:
+            if blob:
+                hub.streaming -= 1
         return response
+
+
+async def cdn(request: web.Request) -> web.StreamResponse:
+    """The blob storage that mode `cdn` redirects to (no credentials needed, as a signed URL)."""
+    hub: Emulator = request.app["hub"]
+    hub.stats[f"{request.method} cdn"] += 1
+    return await _relay(request, hub, request.match_info["path"], "blob", "cdn", {})
 
 
 async def control(request: web.Request) -> web.Response:
@@ -178,6 +209,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app.router.add_get("/token", token)
     app.router.add_route("*", "/_emulator/{action}", control)
     app.router.add_route("*", "/v2/{path:.*}", registry)
+    app.router.add_get("/_cdn/{path:.*}", cdn)
     return app
 
 

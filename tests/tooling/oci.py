@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,21 @@ def errors_of(response: requests.Response) -> list[str]:
 
 @dataclass
 class Client:
-    """Talks to one registry at `url`."""
+    """Talks to one registry at `url` (with `http`'s credentials, if any)."""
 
     url: str
+    http: requests.Session = field(default_factory=requests.Session)
 
     def push_blob(self, repo: str, data: bytes, algorithm: str = "sha256") -> str:
         digest = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-        response = requests.post(
+        response = self.http.post(
             f"{self.url}/v2/{repo}/blobs/uploads/", params={"digest": digest}, data=data
         )
         assert response.status_code == 201, response.text
         return digest
 
     def start_upload(self, repo: str) -> str:
-        response = requests.post(f"{self.url}/v2/{repo}/blobs/uploads/")
+        response = self.http.post(f"{self.url}/v2/{repo}/blobs/uploads/")
         assert response.status_code == 202, response.text
         return self.absolute(response.headers["Location"])
 
@@ -70,14 +71,14 @@ class Client:
         self, repo: str, reference: str, doc: dict[str, Any] | bytes, media_type: str = OCI_MANIFEST
     ) -> requests.Response:
         body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-        return requests.put(
+        return self.http.put(
             f"{self.url}/v2/{repo}/manifests/{reference}",
             data=body,
             headers={"Content-Type": media_type},
         )
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(f"{self.url}/v2/{path}", **kwargs)
+        return self.http.get(f"{self.url}/v2/{path}", **kwargs)
 
 
 def store_snapshot(data_dir: Path) -> tuple[list[tuple[str, int]], dict[str, list[tuple]]]:

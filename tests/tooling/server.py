@@ -25,13 +25,15 @@ class Regcache:
         *,
         config: Path | None = None,
         env: dict[str, str] | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.ca_file = ca_file  # serving HTTPS with a certificate this CA signed
         self.data_dir = workdir / "data"
         self.config = config
         self.env = env or {}
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self.log_path = workdir / "regcache.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -51,7 +53,8 @@ class Regcache:
             if self.process.poll() is not None:
                 raise RuntimeError(f"regcache exited:\n{self.log()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/v2/", timeout=1).status_code == 200:
+                verify = str(self.ca_file) if self.ca_file else True
+                if requests.get(f"{self.url}/v2/", timeout=1, verify=verify).status_code < 500:
                     return self
             except requests.ConnectionError:
                 time.sleep(0.05)

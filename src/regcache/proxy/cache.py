@@ -119,9 +119,10 @@ class PullThrough:
 
     def blob(self, remote: Remote, digest: Digest) -> tuple[Path | Download, str]:
         """A cached blob's file (`hit`), or the download that brings it, started now (`miss`)
-        or earlier (`joined`)."""
+        or earlier (`joined`). Content that only hosted repositories hold is not served
+        here: which tenant pushed what must not show through a cached name."""
         meta = self.registry.meta
-        if digest not in self.downloads.active and meta.blob_size(digest) is not None:
+        if digest not in self.downloads.active and meta.blob_cached(digest):
             if not meta.blob_linked(remote.local, digest):
                 meta.link_blob(remote.local, digest, CACHED)
             return self.registry.blobs.path(digest), "hit"
@@ -140,7 +141,7 @@ class PullThrough:
 
         download = self.downloads.join(
             digest,
-            lambda: remote.upstream.request("GET", remote.name, f"blobs/{digest}"),
+            lambda: remote.upstream.download(remote.name, digest),
             committed,
         )
         return download, outcome

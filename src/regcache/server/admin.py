@@ -16,7 +16,7 @@ from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.reference import parse_reference, validate_name
 from regcache.registry import Registry
-from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY
+from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, SHARES, TENANTS
 from regcache.server.status import upstream_status
 from regcache.store.gc import collect_garbage
 from regcache.store.metadata import CACHED
@@ -233,11 +233,24 @@ async def gc(request: web.Request) -> web.Response:
     return web.json_response((await collect_garbage(request.app[REGISTRY])).as_dict())
 
 
+async def tenants(request: web.Request) -> web.Response:
+    """Each tenant's charged bytes against its quota, and the cached images charged to it."""
+    shares, meta = request.app[SHARES], request.app[REGISTRY].meta
+    shares.flush()
+    return web.json_response({"tenants": [
+        {"name": tenant.name, "used": shares.usage(tenant),
+         "quota": tenant.settings.quota_bytes,
+         "images": [f"{repo}@{digest}" for repo, digest, _ in meta.charged_images(tenant.name)]}
+        for tenant in request.app[TENANTS].all
+    ]})  # fmt: skip
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/storage", storage)
     app.router.add_get("/admin/overview", overview)
     app.router.add_get("/admin/images", images)
     app.router.add_get("/admin/repositories", repositories)
+    app.router.add_get("/admin/tenants", tenants)
     app.router.add_delete("/admin/images", delete_image)
     app.router.add_post("/admin/pin", pin)
     app.router.add_post("/admin/unpin", unpin)

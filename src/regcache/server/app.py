@@ -18,10 +18,12 @@ from regcache.metrics import Metrics, gauge
 from regcache.proxy.cache import PullThrough
 from regcache.proxy.router import Router
 from regcache.registry import Registry
-from regcache.server import admin, dashboard, distribution, observability, status
-from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, ROUTER
+from regcache.server import access, admin, dashboard, distribution, observability, status
+from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, ROUTER, SHARES, TENANTS
 from regcache.server.proxied import ResponseAborted
 from regcache.store.gc import collect_garbage
+from regcache.store.shares import Shares
+from regcache.tenants import Tenants
 from regcache.upstream import UpstreamClient
 
 log = logging.getLogger("regcache.server")
@@ -112,7 +114,7 @@ def _live_gauges(app: web.Application) -> Iterator[GaugeMetricFamily]:
 def create_app(settings: Settings) -> web.Application:
     """The whole server for `settings`; the store opens on start-up."""
     app = web.Application(
-        middlewares=[observability.measure, errors_middleware, admin.admin_auth],
+        middlewares=[observability.measure, errors_middleware, admin.admin_auth, access.access],
         client_max_size=settings.manifest_max_bytes,
     )
     registry = Registry(settings)
@@ -121,6 +123,8 @@ def create_app(settings: Settings) -> web.Application:
     app[REGISTRY] = registry
     app[PULL_THROUGH] = pull_through
     app[METRICS] = metrics
+    app[TENANTS] = Tenants(settings)
+    app[SHARES] = shares = Shares(registry.meta, registry.budget)
     metrics.add_collector(partial(_live_gauges, app))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -131,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
             app[ROUTER] = Router([UpstreamClient(u, session, metrics) for u in settings.upstreams])
             chores = [
                 asyncio.create_task(_every(PULL_FLUSH_INTERVAL, registry.flush_pulls)),
+                asyncio.create_task(_every(PULL_FLUSH_INTERVAL, shares.flush)),
                 asyncio.create_task(_every(settings.gc_interval, partial(_gc, registry, metrics))),
             ]
             yield

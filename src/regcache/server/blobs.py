@@ -10,6 +10,7 @@ from aiohttp import web
 from regcache.digest import CHUNK, Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.reference import validate_name
+from regcache.server.access import tenant_of
 from regcache.server.keys import REGISTRY
 from regcache.store import Upload
 from regcache.store.uploads import range_header
@@ -21,9 +22,9 @@ def _blob_headers(repo: str, digest: Digest) -> dict[str, str]:
     return {"Location": f"/v2/{repo}/blobs/{digest}", "Docker-Content-Digest": str(digest)}
 
 
-def _upload_headers(upload: Upload, size: int) -> dict[str, str]:
+def _upload_headers(request: web.Request, upload: Upload, size: int) -> dict[str, str]:
     return {
-        "Location": f"/v2/{upload.repo}/blobs/uploads/{upload.id}",
+        "Location": f"/v2/{request['name']}/blobs/uploads/{upload.id}",
         "Range": range_header(size),
         "Docker-Upload-UUID": upload.id,
     }
@@ -60,9 +61,11 @@ async def start_upload(request: web.Request, repo: str, arg: str) -> web.StreamR
     query = request.query
     if "mount" in query:
         digest = Digest.parse(query["mount"])
+        tenant = tenant_of(request)
         source = query.get("from")
-        if registry.mount(repo, digest, validate_name(source) if source is not None else None):
-            return web.Response(status=201, headers=_blob_headers(repo, digest))
+        source = tenant.internal(validate_name(source)) if source is not None else None
+        if registry.mount(repo, digest, source, within=tenant.prefix):
+            return web.Response(status=201, headers=_blob_headers(request["name"], digest))
     upload = registry.uploads.create(repo)
     if "digest" in query:
         digest = Digest.parse(query["digest"])
@@ -73,8 +76,8 @@ async def start_upload(request: web.Request, repo: str, arg: str) -> web.StreamR
             await registry.finish_upload(upload, digest)
         finally:
             registry.uploads.cancel(upload)
-        return web.Response(status=201, headers=_blob_headers(repo, digest))
-    return web.Response(status=202, headers=_upload_headers(upload, 0))
+        return web.Response(status=201, headers=_blob_headers(request["name"], digest))
+    return web.Response(status=202, headers=_upload_headers(request, upload, 0))
 
 
 def _content_range(request: web.Request) -> tuple[int | None, int | None]:
@@ -95,7 +98,7 @@ async def patch_upload(request: web.Request, repo: str, arg: str) -> web.StreamR
     if length is None:
         length = request.content_length
     size = await uploads.append(upload, request.content.iter_any(), start=start, length=length)
-    return web.Response(status=202, headers=_upload_headers(upload, size))
+    return web.Response(status=202, headers=_upload_headers(request, upload, size))
 
 
 async def finish_upload(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
@@ -114,12 +117,12 @@ async def finish_upload(request: web.Request, repo: str, arg: str) -> web.Stream
             length=length if length is not None else request.content_length,
         )
     await registry.finish_upload(upload, digest)
-    return web.Response(status=201, headers=_blob_headers(repo, digest))
+    return web.Response(status=201, headers=_blob_headers(request["name"], digest))
 
 
 async def upload_status(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
     upload = request.app[REGISTRY].uploads.get(repo, arg)
-    return web.Response(status=204, headers=_upload_headers(upload, upload.size()))
+    return web.Response(status=204, headers=_upload_headers(request, upload, upload.size()))
 
 
 async def cancel_upload(request: web.Request, repo: str, arg: str) -> web.StreamResponse:

@@ -15,16 +15,19 @@ from typing import Any
 
 from aiohttp import web
 
+from regcache.digest import Digest, is_digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.proxy.router import Remote
 from regcache.reference import validate_name
 from regcache.server import blobs, listings, manifests, proxied
-from regcache.server.keys import REGISTRY, ROUTER
+from regcache.server.access import client_of, tenant_of
+from regcache.server.keys import REGISTRY, ROUTER, SHARES
 from regcache.store.metadata import HOSTED
 
 Hosted = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 Cached = Callable[[web.Request, Remote, str], Awaitable[web.StreamResponse]]
 PULL_METHODS = ("GET", "HEAD")
+PUSH_METHODS = ("POST", "PATCH", "PUT")
 
 
 @dataclass(frozen=True)
@@ -102,29 +105,53 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         match = route.pattern.fullmatch(path)
         if match:
             request["route"] = route.name
-            name = validate_name(match["name"])
-            remote = _remote(request, name)
-            request["log"]["repository"] = remote.local if remote else name
-            if route.name in ("manifests", "blobs"):
-                request["log"]["reference"] = match["arg"]
-            endpoints: dict[str, Any] = route.cached if remote else route.hosted
-            endpoint = endpoints.get(request.method)
-            if endpoint is None:
-                raise _unsupported(request)
-            return await endpoint(request, remote or name, match["arg"])
+            return await _endpoint(request, route, match["name"], match["arg"])
     raise RegistryError(ErrorCode.UNSUPPORTED, f"no such endpoint: /v2/{path[:200]}", status=404)
+
+
+async def _endpoint(request: web.Request, route: Route, name: str, arg: str) -> web.StreamResponse:
+    """Call a repository's endpoint: a cached one within the tenant's allow-list, or the
+    tenant's own hosted one under its name in the store. Rates of pulls and downloaded
+    bytes are counted here."""
+    tenant = tenant_of(request)
+    name = validate_name(name)
+    request["name"] = name
+    remote = _remote(request, name)
+    request["log"]["repository"] = remote.local if remote else name
+    if route.name in ("manifests", "blobs"):
+        request["log"]["reference"] = arg
+    endpoints: dict[str, Any] = route.cached if remote else route.hosted
+    endpoint = endpoints.get(request.method)
+    if endpoint is None:
+        raise _unsupported(request)
+    if remote is not None:
+        tenant.check_upstream(remote)
+    if request.method == "GET" and route.name == "manifests":
+        tenant.throttle("pulls", client_of(request))
+    if request.method == "GET" and route.name == "blobs" and is_digest(arg):
+        size = request.app[REGISTRY].meta.known_size(Digest.parse(arg)) or 0
+        tenant.throttle("bytes", client_of(request), size)
+    if remote is None and request.method in PUSH_METHODS:
+        request.app[SHARES].check_push(tenant, request.content_length or 0)
+    try:
+        return await endpoint(request, remote or tenant.internal(name), arg)
+    except RegistryError as error:
+        if tenant.prefix:
+            error.message = error.message.replace(tenant.prefix, "")
+        raise
 
 
 def _remote(request: web.Request, name: str) -> Remote | None:
     """The cached repository `name` stands for, or None for a hosted repository.
 
     A prefixed name is always cached. An unprefixed pull goes through the mirror upstream
-    unless a hosted repository of that name exists; pushes always go to hosted repositories.
+    unless the tenant has a hosted repository of that name; pushes always go to hosted
+    repositories.
     """
     router = request.app[ROUTER]
     remote = router.by_prefix(name)
-    hosted = request.app[REGISTRY].meta.repo_exists
-    if remote is None and request.method in PULL_METHODS and not hosted(name, HOSTED):
+    hosted = request.app[REGISTRY].meta.repo_exists(tenant_of(request).internal(name), HOSTED)
+    if remote is None and request.method in PULL_METHODS and not hosted:
         remote = router.by_mirror(name, request.query)
     return remote
 

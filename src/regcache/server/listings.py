@@ -10,6 +10,7 @@ from aiohttp import web
 from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import OCI_INDEX
+from regcache.server.access import tenant_of
 from regcache.server.keys import REGISTRY
 
 MAX_PAGE = 10_000
@@ -41,12 +42,18 @@ def _paginated(
 async def tags(request: web.Request, repo: str, _: str) -> web.StreamResponse:
     limit = _page_size(request)
     found = request.app[REGISTRY].tags(repo, request.query.get("last"), limit + 1)
-    return _paginated(request, "tags", found, limit, {"name": repo})
+    return _paginated(request, "tags", found, limit, {"name": request["name"]})
 
 
 async def catalog(request: web.Request) -> web.StreamResponse:
+    """The repositories of the store; a tenant sees only its own hosted ones."""
     limit = _page_size(request)
-    found = request.app[REGISTRY].repositories(request.query.get("last"), limit + 1)
+    tenant = tenant_of(request)
+    last = request.query.get("last")
+    stored = request.app[REGISTRY].repositories(
+        tenant.internal(last) if last is not None else None, limit + 1, tenant.prefix
+    )
+    found = [name for name in map(tenant.external, stored) if name is not None]
     return _paginated(request, "repositories", found, limit, {})
 
 

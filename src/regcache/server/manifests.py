@@ -58,7 +58,7 @@ async def put_manifest(request: web.Request, repo: str, arg: str) -> web.StreamR
         repo, reference, body, request.headers.get("Content-Type"), tags
     )
     response = web.Response(status=201)
-    response.headers["Location"] = f"/v2/{repo}/manifests/{digest}"
+    response.headers["Location"] = f"/v2/{request['name']}/manifests/{digest}"
     response.headers["Docker-Content-Digest"] = str(digest)
     if manifest.subject is not None:
         response.headers["OCI-Subject"] = str(manifest.subject.digest)

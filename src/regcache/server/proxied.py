@@ -12,8 +12,9 @@ from regcache.errors import ErrorCode, RegistryError
 from regcache.proxy.download import Download, DownloadFailed
 from regcache.proxy.router import Remote
 from regcache.reference import parse_reference
+from regcache.server.access import tenant_of
 from regcache.server.blobs import file_response
-from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY
+from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, SHARES
 from regcache.server.listings import referrers_response
 from regcache.server.manifests import manifest_response
 from regcache.store.metadata import CACHED
@@ -38,19 +39,29 @@ def _note(request: web.Request, kind: str, outcome: str, cached_bytes: int = 0) 
 
 
 async def get_manifest(request: web.Request, remote: Remote, arg: str) -> web.StreamResponse:
-    stored, outcome = await request.app[PULL_THROUGH].manifest(remote, parse_reference(arg))
-    response = await manifest_response(request, request.app[REGISTRY], remote.local, stored)
+    """A cached manifest within the tenant's tag policy, image size limit and quota."""
+    tenant, registry = tenant_of(request), request.app[REGISTRY]
+    reference = parse_reference(arg)
+    warning = tenant.check_tag(remote, reference) if isinstance(reference, str) else None
+    stored, outcome = await request.app[PULL_THROUGH].manifest(remote, reference)
+    image_size = sum(registry.meta.image_content(remote.local, stored.digest).values())
+    tenant.check_size(remote.local, image_size)
+    if request.method == "GET":
+        await request.app[SHARES].charge(tenant, remote.local, stored.digest)
+    response = await manifest_response(request, registry, remote.local, stored)
     cached = outcome in ("hit", "revalidated", "stale") and request.method == "GET"
     _note(request, "manifest", outcome, stored.size if cached else 0)
     if outcome == "stale":
-        response.headers["Warning"] = STALE_WARNING
+        response.headers.add("Warning", STALE_WARNING)
+    if warning is not None:
+        response.headers.add("Warning", warning)
     return response
 
 
 async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.StreamResponse:
     digest = Digest.parse(arg)
     pull = request.app[PULL_THROUGH]
-    if request.method == "HEAD" and pull.registry.meta.blob_size(digest) is None:
+    if request.method == "HEAD" and not pull.registry.meta.blob_cached(digest):
         size = await pull.blob_size(remote, digest)
         headers = {"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"}
         if size is not None:

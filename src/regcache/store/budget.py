@@ -122,6 +122,11 @@ class Budget:
         log.info("evicted %s@%s, freed %d bytes", repo, digest, sizes)
         return sizes
 
+    async def evict_now(self, repo: str, digest: Digest) -> int:
+        """Evict one image, between other evictions."""
+        async with self._lock:
+            return await self.evict(repo, digest)
+
     async def shrink_to(self, target: int, keep: Callable[[str, Digest], bool]) -> int:
         """Evict LRU cached images not kept by `keep` until at most `target` bytes are used."""
         async with self._lock:

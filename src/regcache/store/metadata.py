@@ -55,7 +55,17 @@ CREATE TABLE tags (
 ) WITHOUT ROWID;
 CREATE INDEX tags_digest ON tags (repo, digest);
 """
-SCHEMA_VERSION = 1
+# Each schema version's change, applied in order to a database of the version before.
+MIGRATIONS = {
+    2: """
+CREATE TABLE tenant_images (
+    tenant TEXT NOT NULL, repo TEXT NOT NULL, digest TEXT NOT NULL, last_pull REAL NOT NULL,
+    PRIMARY KEY (tenant, repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX tenant_images_image ON tenant_images (repo, digest);
+""",
+}
+SCHEMA_VERSION = max(MIGRATIONS)
 HOSTED, CACHED = "hosted", "cache"  # a repository's origin: pushed here, or pulled through
 
 
@@ -109,10 +119,13 @@ class Metadata:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-        elif version != SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: unknown schema version {version}")
+        if version == 0:
+            db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version=1; COMMIT;")
+            version = 1
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            db.executescript(f"BEGIN; {MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;")
         self._db = db
 
     def close(self) -> None:
@@ -149,10 +162,12 @@ class Metadata:
         row = self.db.execute("SELECT origin FROM repositories WHERE name = ?", (repo,)).fetchone()
         return row is not None and origin in (None, row[0])
 
-    def repositories(self, last: str | None, limit: int) -> list[str]:
+    def repositories(self, last: str | None, limit: int, prefix: str = "") -> list[str]:
+        """Repository names after `last` that start with `prefix`, in order."""
         rows = self.db.execute(
-            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
-            (last or "", limit),
+            "SELECT name FROM repositories WHERE name > ? AND substr(name, 1, ?) = ?"
+            " ORDER BY name LIMIT ?",
+            (last or "", len(prefix), prefix, limit),
         )
         return [row[0] for row in rows]
 
@@ -163,14 +178,24 @@ class Metadata:
             self._ensure_repo(db, repo, origin)
             db.execute("INSERT OR IGNORE INTO repo_blobs VALUES (?, ?)", (repo, str(digest)))
 
-    def blob_hosted(self, digest: Digest) -> str | None:
-        """A hosted repository that holds `digest`, if any (for a mount without `from`)."""
+    def blob_hosted(self, digest: Digest, within: str = "") -> str | None:
+        """A hosted repository whose name starts with `within` that holds `digest`, if any
+        (for a mount without `from`)."""
         row = self.db.execute(
             "SELECT b.repo FROM repo_blobs b JOIN repositories r ON r.name = b.repo"
-            " WHERE b.digest = ? AND r.origin = ? LIMIT 1",
-            (str(digest), HOSTED),
+            " WHERE b.digest = ? AND r.origin = ? AND substr(b.repo, 1, ?) = ? LIMIT 1",
+            (str(digest), HOSTED, len(within), within),
         ).fetchone()
         return row[0] if row else None
+
+    def blob_cached(self, digest: Digest) -> bool:
+        """Whether a cached repository holds the blob (it came from an upstream)."""
+        row = self.db.execute(
+            "SELECT 1 FROM repo_blobs b JOIN repositories r ON r.name = b.repo"
+            " WHERE b.digest = ? AND r.origin = ? LIMIT 1",
+            (str(digest), CACHED),
+        ).fetchone()
+        return row is not None
 
     def blob_linked(self, repo: str, digest: Digest) -> bool:
         row = self.db.execute(
@@ -390,6 +415,9 @@ class Metadata:
             }  # fmt: skip
             for manifest in doomed:
                 db.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, manifest))
+                db.execute(
+                    "DELETE FROM tenant_images WHERE repo = ? AND digest = ?", (repo, manifest)
+                )
                 db.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, manifest))
                 db.execute(
                     "DELETE FROM manifest_refs WHERE repo = ? AND manifest = ?", (repo, manifest)
@@ -423,8 +451,52 @@ class Metadata:
                     "DELETE FROM manifest_refs WHERE repo = ? AND manifest = ?", (repo, manifest)
                 )
             db.execute("DELETE FROM manifests WHERE digest = ?", (key,))
+            db.execute("DELETE FROM tenant_images WHERE digest = ?", (key,))
             db.execute("DELETE FROM repo_blobs WHERE digest = ?", (key,))
             db.execute("DELETE FROM blobs WHERE digest = ?", (key,))
+
+    # tenants' shares of cached images
+
+    def charge(self, tenant: str, repo: str, digest: Digest, when: float) -> None:
+        self.db.execute(
+            "INSERT INTO tenant_images VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE"
+            " SET last_pull = excluded.last_pull",
+            (tenant, repo, str(digest), when),
+        )
+
+    def uncharge(self, tenant: str, repo: str, digest: Digest) -> None:
+        self.db.execute(
+            "DELETE FROM tenant_images WHERE tenant = ? AND repo = ? AND digest = ?",
+            (tenant, repo, str(digest)),
+        )
+
+    def charged_images(self, tenant: str) -> list[tuple[str, Digest, bool]]:
+        """The cached images a tenant is charged for, least recently pulled first, with
+        whether each is pinned."""
+        rows = self.db.execute(
+            "SELECT t.repo, t.digest, m.pinned FROM tenant_images t JOIN manifests m"
+            " ON m.repo = t.repo AND m.digest = t.digest WHERE t.tenant = ?"
+            " ORDER BY t.last_pull",
+            (tenant,),
+        )
+        return [(row[0], Digest.parse(row[1]), bool(row[2])) for row in rows]
+
+    def charged_to_others(self, tenant: str, repo: str, digest: Digest) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM tenant_images WHERE repo = ? AND digest = ? AND tenant != ? LIMIT 1",
+            (repo, str(digest), tenant),
+        ).fetchone()
+        return row is not None
+
+    def hosted_content(self, prefix: str) -> dict[str, int]:
+        """Every digest in hosted repositories whose names start with `prefix`, with sizes."""
+        rows = self.db.execute(
+            "SELECT b.digest, b.size FROM blobs b WHERE b.digest IN ("
+            " SELECT digest FROM repo_blobs WHERE substr(repo, 1, ?1) = ?2"
+            " UNION SELECT digest FROM manifests WHERE substr(repo, 1, ?1) = ?2)",
+            (len(prefix), prefix),
+        )
+        return {row[0]: row[1] for row in rows}
 
     @staticmethod
     def _referenced(db: sqlite3.Connection, key: str) -> bool:

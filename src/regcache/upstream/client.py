@@ -8,10 +8,13 @@ import logging
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from fnmatch import fnmatchcase
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from regcache.config import Upstream
+from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.metrics import Metrics
 from regcache.upstream.auth import Authenticator, AuthError, Challenge
@@ -19,6 +22,8 @@ from regcache.upstream.ratelimit import RateLimit
 
 log = logging.getLogger("regcache.upstream")
 BACKOFF = 0.25  # seconds before the first retry, doubled each time
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
 
 
 def _request_id(response: aiohttp.ClientResponse) -> str | None:
@@ -70,6 +75,7 @@ class UpstreamClient:
         self.metrics = metrics
         self.auth = Authenticator(config.username, config.secret())
         self.ratelimit = RateLimit()
+        self.download_slots = asyncio.Semaphore(config.max_downloads)
         self.ssl: ssl.SSLContext | bool = True
         if not config.tls_verify:
             self.ssl = False
@@ -90,6 +96,40 @@ class UpstreamClient:
             return f"library/{name}"
         return name
 
+    def redirect_allowed(self, url: str) -> bool:
+        """Whether a redirect may go to `url`: the upstream's own host, or one it is trusted
+        to send clients to (its blob storage)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme not in ("http", "https"):
+            return False
+        if host == urlsplit(self.config.url).hostname:
+            return True
+        return any(fnmatchcase(host, glob) for glob in self.config.trusted_redirects)
+
+    async def _follow_redirects(self, response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+        """Follow redirects to trusted hosts only, without our credentials."""
+        for _ in range(MAX_REDIRECTS):
+            if response.status not in REDIRECTS:
+                return response
+            location = urljoin(str(response.url), response.headers.get("Location", ""))
+            method = response.method
+            response.release()
+            if not self.redirect_allowed(location):
+                host = urlsplit(location).hostname
+                raise UpstreamError(f"{self.name}: redirect to untrusted host {host} refused")
+            response = await self.session.request(
+                method, location, ssl=self.ssl, timeout=self.timeout, allow_redirects=False
+            )
+        response.release()
+        raise UpstreamError(f"{self.name}: too many redirects")
+
+    @asynccontextmanager
+    async def download(self, repo: str, digest: Digest) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET a blob, within the upstream's limit of downloads at once."""
+        async with self.download_slots, self.request("GET", repo, f"blobs/{digest}") as response:
+            yield response
+
     @asynccontextmanager
     async def request(
         self, method: str, repo: str, path: str, headers: dict[str, str] | None = None
@@ -102,7 +142,7 @@ class UpstreamClient:
             try:
                 response = await self.session.request(
                     method, url, headers={**(headers or {}), **self.auth.header(scope)},
-                    ssl=self.ssl, timeout=self.timeout,
+                    ssl=self.ssl, timeout=self.timeout, allow_redirects=False,
                 )  # fmt: skip
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = type(exc).__name__
@@ -114,6 +154,11 @@ class UpstreamClient:
                 self.metrics.observe_upstream(self.name, method, path, None, "")
                 self.metrics.upstream_failed(self.name, None, reason)
                 raise UpstreamError(f"{self.name}: {reason}") from None
+            try:
+                response = await self._follow_redirects(response)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = type(exc).__name__
+                raise UpstreamError(f"{self.name}: redirected request failed: {reason}") from None
             self.ratelimit.observe(response.headers)
             self.metrics.observe_upstream(
                 self.name, method, path, response.status, response.headers.get("Content-Type", "")
