@@ -257,6 +257,7 @@ def _seed(data_dir: Path, count: int) -> None:
             body = json.dumps(doc).encode()
             repo = f"docker.io/small/image{i % 100}"
             registry.meta.link_blob(repo, Digest.of(layer), CACHED)
+            registry.meta.link_blob(repo, Digest.of(config), CACHED)
             manifest = parse_manifest(body, OCI_MANIFEST)
             await registry.store_manifest(repo, Digest.of(body), body, manifest, [f"t{i}"], CACHED)
         registry.close()

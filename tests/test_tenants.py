@@ -85,7 +85,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(root, registry, hub)
 
 
-def start(world: World, workdir: Path, tenants: list[dict[str, Any]], **extra: Any) -> Regcache:
+def configured(
+    world: World, workdir: Path, tenants: list[dict[str, Any]], **extra: Any
+) -> Regcache:
+    """A regcache (not started) with these tenants in front of the emulator."""
     world.hub.reset()
     upstream = {"name": "dockerhub", "url": world.hub.url, "prefix": "docker.io", "mirror": True,
                 "docker_hub": True, **extra.pop("upstream", {})}  # fmt: skip
@@ -93,7 +96,7 @@ def start(world: World, workdir: Path, tenants: list[dict[str, Any]], **extra: A
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config))
     ca_file = extra.get("tls_cert")
-    return Regcache(workdir, config=workdir / "config.json", ca_file=ca_file).start()
+    return Regcache(workdir, config=workdir / "config.json", ca_file=ca_file)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +117,7 @@ def fleet(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
          "htpasswd": str(htpasswd(work / "gamma.htpasswd", ["carol", "dave"])),
          "client_limits": {"requests": {"rate": 0.01, "burst": 5}}},
     ]  # fmt: skip
-    server = start(world, work / "rc", tenants)
+    server = configured(world, work / "rc", tenants).start()
     try:
         yield {"server": server, "quota": beta_quota,
                **{name: f"http://127.0.0.1:{port}" for name, port in ports.items()}}  # fmt: skip
@@ -302,13 +305,13 @@ def test_redirects_only_to_trusted_hosts(world: World, tmp_path: Path) -> None:
     unless the upstream is trusted to redirect there."""
     world.hub.set_mode("cdn")
     try:
-        with start(world, tmp_path / "untrusted", []) as server:
+        with configured(world, tmp_path / "untrusted", []) as server:
             manifest = requests.get(f"{server.url}/v2/library/img3/manifests/1.0.0").json()
             layer = manifest["layers"][0]["digest"]
             refused = requests.get(f"{server.url}/v2/library/img3/blobs/{layer}")
             assert refused.status_code == 502 and "untrusted host localhost" in refused.text
             assert world.hub.stats()["stats"].get("GET cdn", 0) == 0
-        trusted = start(world, tmp_path / "trusted", [],
+        trusted = configured(world, tmp_path / "trusted", [],
                         upstream={"redirect_hosts": ["localhost"]})  # fmt: skip
         with trusted as server:
             world.hub.set_mode("cdn")
@@ -323,7 +326,7 @@ def test_downloads_at_once_are_capped_per_upstream(world: World, tmp_path: Path)
              for p in json.loads(world.images[n].manifest)["layers"]]  # fmt: skip
     most = {}
     for cap in (1, 6):
-        with start(world, tmp_path / str(cap), [], upstream={"max_downloads": cap}) as server:
+        with configured(world, tmp_path / str(cap), [], upstream={"max_downloads": cap}) as server:
             world.hub.set_mode("slow")
             try:
                 with ThreadPoolExecutor(len(blobs)) as pool:
@@ -344,7 +347,7 @@ def test_tls_serving(world: World, tmp_path: Path) -> None:
          "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    with start(world, tmp_path / "rc", [], tls_cert=str(cert), tls_key=str(key)) as server:
+    with configured(world, tmp_path / "rc", [], tls_cert=str(cert), tls_key=str(key)) as server:
         assert server.url.startswith("https://")
         response = requests.get(f"{server.url}/v2/", verify=str(cert))
         assert response.status_code == 200
@@ -361,7 +364,7 @@ def test_login_then_pull(world: World, tmp_path: Path, kind: str) -> None:
     port = free_port()
     tenant = {"name": "classroom", "ports": [port], "anonymous": "none",
               "htpasswd": str(htpasswd(tmp_path / "htpasswd", ["alice"]))}  # fmt: skip
-    with start(world, tmp_path / "rc", [tenant]):
+    with configured(world, tmp_path / "rc", [tenant]):
         host = f"127.0.0.1:{port}"
         image = f"{host}/docker.io/library/img4:1.0.0"
         client_type = Dockerd if kind == "docker" else Podman
