@@ -224,6 +224,36 @@ class TenantSettings(BaseModel):
         return [host.lower() for host in value]
 
 
+class ObjectStorage(BaseModel):
+    """An S3-compatible bucket for blobs (the data directory then holds only temp files)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str
+    bucket: str
+    region: str = "us-east-1"
+    prefix: str = ""  # key prefix inside the bucket
+    access_key: str | None = None
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+    tls_verify: bool = True
+    redirect: bool = False  # answer blob GETs with a presigned URL instead of streaming
+    redirect_ttl: int = 300  # seconds a presigned URL is valid
+
+    def secret(self) -> str | None:
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        if self.secret_key_file is not None:
+            try:
+                return self.secret_key_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"object_storage: cannot read secret_key_file {self.secret_key_file}: "
+                    f"{exc.strerror}"
+                ) from exc
+        return None
+
+
 class Settings(BaseSettings):
     """Everything regcache can be told. Every field is also `REGCACHE_<FIELD>`."""
 
@@ -246,6 +276,8 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     upstreams: list[Upstream] = []
     tenants: list[TenantSettings] = []
+    database_url: SecretStr | None = None  # postgresql://…; SQLite in data_dir when absent
+    object_storage: ObjectStorage | None = None  # blobs in S3; files in data_dir when absent
 
     @model_validator(mode="after")
     def _check_upstreams(self) -> Settings:
@@ -343,6 +375,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 __all__ = [
-    "ConfigError", "Limits", "Rate", "Settings", "TenantSettings", "Token", "Upstream",
-    "load_settings", "split_listen",
+    "ConfigError", "Limits", "ObjectStorage", "Rate", "Settings", "TenantSettings", "Token",
+    "Upstream", "load_settings", "split_listen",
 ]  # fmt: skip
