@@ -273,7 +273,11 @@ def test_corrupt_upstream_content_is_cut_off_and_never_cached(world, cache) -> N
     assert not list((cache.data_dir / "blobs").rglob(layer.digest.split(":")[1]))
     hub.set_mode("normal")
     assert fetch(0) == layer.digest
-    assert list((cache.data_dir / "blobs").rglob(layer.digest.split(":")[1]))
+    # the client has every byte once they verified; storing the blob durably follows
+    deadline = time.monotonic() + 30
+    while not list((cache.data_dir / "blobs").rglob(layer.digest.split(":")[1])):
+        assert time.monotonic() < deadline, "the verified blob was never stored"
+        time.sleep(0.05)
 
 
 def test_upstream_password_never_appears(world, tmp_path) -> None:

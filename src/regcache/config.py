@@ -254,6 +254,23 @@ class ObjectStorage(BaseModel):
         return None
 
 
+class Fleet(BaseModel):
+    """This replica's place among several that share one database and object storage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str  # how the other replicas reach this one, e.g. http://10.0.0.5:5000
+    token: SecretStr  # shared by the replicas, for the blobs they relay to each other
+    lease_seconds: float = 5.0  # a download whose replica stops renewing is taken over
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
 class Settings(BaseSettings):
     """Everything regcache can be told. Every field is also `REGCACHE_<FIELD>`."""
 
@@ -278,6 +295,7 @@ class Settings(BaseSettings):
     tenants: list[TenantSettings] = []
     database_url: SecretStr | None = None  # postgresql://…; SQLite in data_dir when absent
     object_storage: ObjectStorage | None = None  # blobs in S3; files in data_dir when absent
+    fleet: Fleet | None = None  # replicas sharing the database: one download per digest
 
     @model_validator(mode="after")
     def _check_upstreams(self) -> Settings:
@@ -375,6 +393,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 __all__ = [
-    "ConfigError", "Limits", "ObjectStorage", "Rate", "Settings", "TenantSettings", "Token",
-    "Upstream", "load_settings", "split_listen",
+    "ConfigError", "Fleet", "Limits", "ObjectStorage", "Rate", "Settings", "TenantSettings",
+    "Token", "Upstream", "load_settings", "split_listen",
 ]  # fmt: skip

@@ -59,6 +59,14 @@ def read_htpasswd(path: Path) -> dict[str, bytes]:
     return users
 
 
+def _same(given: str, secret: str) -> bool:
+    """A constant-time comparison that takes any text (a header may hold undecodable bytes,
+    and `hmac.compare_digest` refuses non-ASCII strings)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
+    )
+
+
 def _basic(header: str) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(header, validate=True).decode()
@@ -116,13 +124,13 @@ class Tenant:
             return False
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer":
-            return any(hmac.compare_digest(value, secret) for _, secret in self.tokens)
+            return any(_same(value, secret) for _, secret in self.tokens)
         credentials = _basic(value) if scheme.lower() == "basic" else None
         if credentials is None:
             return False
         user, password = credentials
         return user in self.users or any(
-            hmac.compare_digest(password, secret) for _, secret in self.tokens
+            _same(password, secret) for _, secret in self.tokens
         )
 
     def challenge(self) -> dict[str, str]:
@@ -136,7 +144,7 @@ class Tenant:
         anonymous = self.settings.anonymous
         if not header:
             return Principal("anonymous", anonymous != "none", anonymous == "push", False)
-        key = hashlib.sha256(header.encode()).hexdigest()
+        key = hashlib.sha256(header.encode("utf-8", "surrogateescape")).hexdigest()
         known = self._verified.get(key)
         if known is not None:
             self._verified.move_to_end(key)
@@ -151,7 +159,7 @@ class Tenant:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer":
             for token, secret in self.tokens:
-                if hmac.compare_digest(value.strip(), secret):
+                if _same(value.strip(), secret):
                     return Principal(token.name, True, token.push, True)
             raise self._refuse("invalid token")
         credentials = _basic(value.strip()) if scheme.lower() == "basic" else None
@@ -165,7 +173,7 @@ class Tenant:
             push = any(fnmatchcase(user, glob) for glob in self.settings.push_users)
             return Principal(user, True, push, True)
         for token, secret in self.tokens:
-            if hmac.compare_digest(password, secret):
+            if _same(password, secret):
                 return Principal(token.name, True, token.push, True)
         raise self._refuse("invalid username or password")
 

@@ -6,7 +6,8 @@ rate-limit accounting per client (manifest GETs of images count, an index does n
 and blobs never); `ratelimit-*` headers; 429 TOOMANYREQUESTS once the budget is spent.
 Like Docker Hub, it can send blob GETs to its blob storage (mode `cdn`: a 307 redirect to
 `localhost`, another host name for the same emulator, served under `/_cdn/`); mode `slow`
-holds each blob response for a moment, so downloads at once can be counted. Control
+holds each blob response for a moment, so downloads at once can be counted; mode `trickle`
+sends blobs at about 25 MB/s, so a download can be interrupted midway. Control
 endpoints under `/_emulator/` switch modes and report what was asked.
 
 Run: python -m tooling.dockerhub --port P --backend http://127.0.0.1:R [--limit N]
@@ -38,6 +39,7 @@ INDEX_TYPES = {
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
 SERVICE = "registry.docker.io"
+TRICKLE_CHUNK, TRICKLE_PAUSE = 256 * 1024, 0.01  # mode `trickle`: blobs at about 25 MB/s
 PASSED_HEADERS = ("Content-Type", "Content-Length", "Docker-Content-Digest", "Content-Range")
 
 
@@ -161,10 +163,18 @@ async def _relay(
             response = web.StreamResponse(status=upstream.status, headers={**headers, **extra})
             await response.prepare(request)
             corrupt = hub.mode == "corrupt" and kind == "blob"
-            async for chunk in upstream.content.iter_any():
+            trickle = blob and hub.mode == "trickle"
+            chunks = (
+                upstream.content.iter_chunked(TRICKLE_CHUNK)
+                if trickle
+                else upstream.content.iter_any()
+            )
+            async for chunk in chunks:
                 if corrupt and chunk:
                     chunk, corrupt = bytes([chunk[0] ^ 0xFF]) + chunk[1:], False
                 await response.write(chunk)
+                if trickle:
+                    await asyncio.sleep(TRICKLE_PAUSE)
             await response.write_eof()
         finally:
             if blob:

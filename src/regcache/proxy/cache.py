@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 from regcache.digest import Digest
@@ -13,7 +14,8 @@ from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
 from regcache.metrics import Metrics
 from regcache.policy import is_pinned_tag
-from regcache.proxy.download import Download, Downloads
+from regcache.proxy.download import Download, Downloads, read_file
+from regcache.proxy.fleet import Fleet, Relay, Source
 from regcache.proxy.router import Remote
 from regcache.registry import Registry
 from regcache.store import StoredManifest
@@ -27,9 +29,10 @@ ACCEPT = {"Accept": ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANI
 class PullThrough:
     """Serves cached repositories, filling them from their upstream on demand."""
 
-    def __init__(self, registry: Registry, metrics: Metrics) -> None:
+    def __init__(self, registry: Registry, metrics: Metrics, fleet: Fleet | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.fleet = fleet
         self.downloads = Downloads(registry)
         self._manifest_fetches: dict[tuple[str, str], asyncio.Task[StoredManifest]] = {}
 
@@ -117,14 +120,13 @@ class PullThrough:
 
     # blobs
 
-    def blob(self, remote: Remote, digest: Digest) -> tuple[Path | Download, str]:
-        """A cached blob's file (`hit`), or the download that brings it, started now (`miss`)
-        or earlier (`joined`). Content that only hosted repositories hold is not served
-        here: which tenant pushed what must not show through a cached name."""
+    def blob(self, remote: Remote, digest: Digest) -> tuple[Path | Download | Relay, str]:
+        """A cached blob's file (`hit`), the download that brings it, started now (`miss`)
+        or earlier (`joined`), or another replica's download of it (`relayed`). Content that
+        only hosted repositories hold is not served here: which tenant pushed what must not
+        show through a cached name."""
         meta = self.registry.meta
         if digest not in self.downloads.active and meta.blob_cached(digest):
-            if not meta.blob_linked(remote.local, digest):
-                meta.link_blob(remote.local, digest, CACHED)
             return self.registry.blobs.path(digest), "hit"
         declared = meta.known_size(digest) or 0
         if declared > self.registry.budget.quota:
@@ -133,18 +135,45 @@ class PullThrough:
                 f"blob {digest} has {declared} bytes, more than the whole storage quota of "
                 f"{self.registry.budget.quota} bytes",
             )
-        outcome = "joined" if digest in self.downloads.active else "miss"
+        if digest in self.downloads.active:
+            return self.downloads.active[digest], "joined"
+        if self.fleet is not None and declared:
+            address = self.fleet.claim(digest)
+            if address is not None:
+                takeover = partial(self._takeover, remote, digest)
+                return Relay(self.fleet, digest, address, declared, takeover), "relayed"
+        return self._download(remote, digest), "miss"
+
+    def _download(self, remote: Remote, digest: Digest) -> Download:
+        """Start the one download of `digest` from the upstream."""
+        meta = self.registry.meta
 
         def committed(download: Download) -> None:
             meta.link_blob(remote.local, digest, CACHED)
             self.metrics.bytes.labels("upstream").inc(download.written)
 
         download = self.downloads.join(
-            digest,
-            lambda: remote.upstream.download(remote.name, digest),
-            committed,
+            digest, lambda: remote.upstream.download(remote.name, digest), committed
         )
-        return download, outcome
+        if self.fleet is not None:
+            fleet = self.fleet
+            download.done_callbacks.append(lambda: fleet.release(digest))
+        return download
+
+    async def _takeover(self, remote: Remote, digest: Digest, relay: Relay) -> Source | None:
+        """After the replica a relay read from failed: the stored blob, this replica's own
+        download, or None (the relay reads from the replica that claimed it now)."""
+        assert self.fleet is not None
+        if self.registry.meta.blob_cached(digest):
+            return partial(read_file, self.registry.blobs.path(digest))
+        download = self.downloads.active.get(digest)
+        if download is None:
+            address = self.fleet.claim(digest)
+            if address is not None:
+                relay.address = address
+                return None
+            download = self._download(remote, digest)
+        return lambda position: download.read(position, relay.size)
 
     async def blob_size(self, remote: Remote, digest: Digest) -> int | None:
         """A blob's size by HEAD upstream, for a HEAD of a blob that is not cached."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from regcache.store.metadata import CACHED
 from regcache.upstream import UpstreamError
 
 log = logging.getLogger("regcache.download")
+FOLLOW_CHUNK = 256 * 1024  # bytes per read for a reader following a download
 
 Fetch = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
 
@@ -35,6 +36,18 @@ def _write_all(fd: int, data: bytes, hasher: Hasher) -> None:
     while view:
         view = view[os.write(fd, view) :]
     hasher.update(data)
+
+
+async def read_file(path: Path, start: int) -> AsyncIterator[bytes]:
+    """A stored blob's bytes from `start`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        position = start
+        while data := await asyncio.to_thread(os.pread, fd, CHUNK, position):
+            position += len(data)
+            yield data
+    finally:
+        os.close(fd)
 
 
 class DownloadFailed(Exception):
@@ -55,6 +68,8 @@ class Download:
         self.readers = 0
         self._changed = asyncio.Event()
         self.started = asyncio.Event()  # set once the size is known, or on failure
+        self.done = asyncio.Event()  # set once stored, or on failure
+        self.done_callbacks: list[Callable[[], None]] = []
 
     def _notify(self) -> None:
         self._changed.set()
@@ -70,16 +85,36 @@ class Download:
     async def available(self, position: int, end: int) -> int:
         """Wait until bytes past `position` may be read; return how far reading may go.
 
-        The final byte of a response (`end`) is released only once the whole blob verified.
-        Raises `DownloadFailed` if the download failed.
+        The final byte of a response (`end`) is released only once the whole blob verified;
+        the blob is then being stored, and a failure to store it no longer stops readers.
+        Raises `DownloadFailed` if the download failed before it verified.
         """
         while True:
+            if self.verified:
+                return end
             if self.error is not None:
                 raise DownloadFailed(str(self.error))
-            limit = end if self.verified else min(self.written, end - 1)
+            limit = min(self.written, end - 1)
             if limit > position:
                 return limit
             await self._changed.wait()
+
+    async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """The bytes `start` to `end` as they are written (`FOLLOW_CHUNK` at a time: memory
+        stays bounded however many readers there are)."""
+        fd = self.open()
+        try:
+            position = start
+            while position < end:
+                limit = await self.available(position, end)
+                while position < limit:
+                    data = os.pread(fd, min(FOLLOW_CHUNK, limit - position), position)
+                    if not data:
+                        raise DownloadFailed("blob file ended early")
+                    position += len(data)
+                    yield data
+        finally:
+            os.close(fd)
 
     def open(self) -> int:
         """A file descriptor for reading, whether or not the blob has been committed yet."""
@@ -119,6 +154,8 @@ class Download:
         if hasher.digest() != self.digest:
             raise DownloadFailed(f"upstream content has digest {hasher.digest()}")
         self.size = self.written
+        self.verified = True  # readers may finish now; storing it durably takes a while
+        self._notify()
         await asyncio.to_thread(blobs.commit, self.temp, self.digest)
 
     async def _flush(self, fd: int, pending: bytearray, hasher: Hasher) -> None:
@@ -127,13 +164,23 @@ class Download:
         pending.clear()
         self._notify()
 
+    async def stored(self) -> None:
+        """Wait until the blob is stored in its final place; raise why it was not."""
+        await self.done.wait()
+        if self.error is not None:
+            raise DownloadFailed(str(self.error))
+
     def finish(self, error: BaseException | None) -> None:
-        if error is None:
-            self.verified = True
-        else:
+        if error is not None:
             self.error = error
             self.temp.unlink(missing_ok=True)
+        self.done.set()
         self.started.set()
+        for callback in self.done_callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("after the download of %s", self.digest)
         self._notify()
 
 

@@ -37,7 +37,8 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
             )
         if token is not None:
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            expected = f"Bearer {token}".encode()
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
                 raise RegistryError(
                     ErrorCode.UNAUTHORIZED, "a valid admin token is required",
                     headers={"WWW-Authenticate": 'Bearer realm="regcache-admin"'},

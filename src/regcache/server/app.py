@@ -16,12 +16,15 @@ from regcache.config import Settings
 from regcache.errors import RegistryError
 from regcache.metrics import Metrics, gauge
 from regcache.proxy.cache import PullThrough
+from regcache.proxy.fleet import Fleet
 from regcache.proxy.router import Router
 from regcache.registry import Registry
 from regcache.server import access, admin, dashboard, distribution, observability, status
+from regcache.server import fleet as fleet_routes
 from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, ROUTER, SHARES, TENANTS
 from regcache.server.proxied import ResponseAborted
 from regcache.store.gc import collect_garbage
+from regcache.store.leases import Leases
 from regcache.store.shares import Shares
 from regcache.tenants import Tenants
 from regcache.upstream import UpstreamClient
@@ -119,7 +122,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     registry = Registry(settings)
     metrics = Metrics()
-    pull_through = PullThrough(registry, metrics)
+    leases = Leases(registry.meta)
+    fleet = Fleet(leases, settings.fleet) if settings.fleet is not None else None
+    pull_through = PullThrough(registry, metrics, fleet)
     app[REGISTRY] = registry
     app[PULL_THROUGH] = pull_through
     app[METRICS] = metrics
@@ -129,6 +134,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         registry.open()
+        leases.open()
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64), auto_decompress=False, trust_env=False
         ) as session:
@@ -143,6 +149,8 @@ def create_app(settings: Settings) -> web.Application:
                 chore.cancel()
             await asyncio.gather(*chores, return_exceptions=True)
             await pull_through.close()
+            if fleet is not None:
+                await fleet.close()
         registry.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -150,5 +158,6 @@ def create_app(settings: Settings) -> web.Application:
     status.add_routes(app)
     admin.add_routes(app)
     dashboard.add_routes(app)
+    fleet_routes.add_routes(app)
     observability.add_routes(app)
     return app

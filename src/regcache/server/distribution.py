@@ -167,5 +167,6 @@ async def dispatch_root(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/v2/{path:.*}", dispatch)
+    # [\s\S], not `.`: a decoded path may hold a newline (`%0A`), and still gets error JSON.
+    app.router.add_route("*", r"/v2/{path:[\s\S]*}", dispatch)
     app.router.add_route("*", "/v2", dispatch_root)

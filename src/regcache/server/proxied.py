@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -10,6 +10,7 @@ from aiohttp import web
 from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.proxy.download import Download, DownloadFailed
+from regcache.proxy.fleet import Relay, RelayFailed
 from regcache.proxy.router import Remote
 from regcache.reference import parse_reference
 from regcache.server.access import tenant_of
@@ -25,7 +26,7 @@ class ResponseAborted(Exception):
     """A response was cut off after its headers went out; the connection is closed."""
 
 
-FOLLOW_CHUNK = 256 * 1024  # bytes per write to a client following a download: bounds memory
+Chunks = Callable[[int, int], AsyncIterator[bytes]]
 STALE_WARNING = '110 regcache "Response is Stale: upstream unavailable"'
 
 
@@ -73,7 +74,12 @@ async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.Stream
         _note(request, "blob", outcome, _served_bytes(request, source))
         return response
     _note(request, "blob", outcome)
-    return await _follow(request, source, remote)
+    if isinstance(source, Relay):
+        response = await _stream(request, digest, source.size, source.chunks)
+    else:
+        response = await follow(request, source)
+    request.app[REGISTRY].meta.link_blob(remote.local, digest, CACHED)
+    return response
 
 
 def _served_bytes(request: web.Request, path: Path) -> int:
@@ -88,43 +94,61 @@ def _served_bytes(request: web.Request, path: Path) -> int:
     return end - start
 
 
-async def _follow(request: web.Request, download: Download, remote: Remote) -> web.StreamResponse:
+def _failed(download: Download, exc: Exception) -> RegistryError:
+    if isinstance(exc, UpstreamError):
+        return exc.to_registry_error(f"blob {download.digest}")
+    if isinstance(exc, RegistryError):
+        return exc
+    return RegistryError(
+        ErrorCode.BLOB_UNKNOWN, f"download of {download.digest} failed: {exc}", status=502
+    )
+
+
+async def follow(request: web.Request, download: Download) -> web.StreamResponse:
     """Stream a blob while it downloads, from the first byte or from a `Range`."""
     download.readers += 1
     try:
         try:
             size = await download.wait_started()
-        except UpstreamError as exc:
-            raise exc.to_registry_error(f"blob {download.digest}") from None
-        except RegistryError:
-            raise
-        except DownloadFailed as exc:
-            raise RegistryError(
-                ErrorCode.BLOB_UNKNOWN, f"download of {download.digest} failed: {exc}", status=502
-            ) from None
-        if size is None:  # no Content-Length upstream: serve once complete
-            await download.available(0, 0)
-            return file_response(download.final, download.digest)
-        start, end = _byte_range(request, size)
-        response = web.StreamResponse(
-            status=206 if (start, end) != (0, size) else 200,
-            headers={
-                "Docker-Content-Digest": str(download.digest),
-                "Content-Type": "application/octet-stream",
-                "Accept-Ranges": "bytes",
-            },
-        )
-        response.content_length = end - start
-        if response.status == 206:
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        await response.prepare(request)
-        if request.method != "HEAD":
-            await _copy(request, download, response, start, end)
-        await response.write_eof()
-        request.app[REGISTRY].meta.link_blob(remote.local, download.digest, CACHED)
-        return response
+            if size is None:  # no Content-Length upstream: serve once stored
+                await download.stored()
+                return file_response(download.final, download.digest)
+        except (UpstreamError, RegistryError, DownloadFailed) as exc:
+            raise _failed(download, exc) from None
+        return await _stream(request, download.digest, size, download.read)
     finally:
         download.readers -= 1
+
+
+async def _stream(
+    request: web.Request, digest: Digest, size: int, chunks: Chunks
+) -> web.StreamResponse:
+    """Send `chunks(start, end)` of a blob of `size` bytes, as a whole or for a `Range`.
+    A source that fails after the headers went out cuts the connection: the client must see
+    a cut-off body, never a wrong one."""
+    start, end = _byte_range(request, size)
+    response = web.StreamResponse(
+        status=206 if (start, end) != (0, size) else 200,
+        headers={
+            "Docker-Content-Digest": str(digest),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        },
+    )
+    response.content_length = end - start
+    if response.status == 206:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    await response.prepare(request)
+    if request.method != "HEAD":
+        try:
+            async for data in chunks(start, end):
+                await response.write(data)
+        except (DownloadFailed, RelayFailed, ConnectionError) as exc:
+            if request.transport is not None:
+                request.transport.abort()
+            raise ResponseAborted(str(exc)) from None
+    await response.write_eof()
+    return response
 
 
 def _byte_range(request: web.Request, size: int) -> tuple[int, int]:
@@ -142,28 +166,6 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int]:
     if start >= size or start >= stop:
         raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
     return start, stop
-
-
-async def _copy(
-    request: web.Request, download: Download, response: web.StreamResponse, start: int, end: int
-) -> None:
-    fd = download.open()
-    try:
-        position = start
-        while position < end:
-            limit = await download.available(position, end)
-            while position < limit:
-                data = os.pread(fd, min(FOLLOW_CHUNK, limit - position), position)
-                if not data:
-                    raise DownloadFailed("blob file ended early")
-                await response.write(data)
-                position += len(data)
-    except (DownloadFailed, ConnectionError) as exc:
-        if request.transport is not None:
-            request.transport.abort()  # the client must see a cut-off body, never a wrong one
-        raise ResponseAborted(str(exc)) from None
-    finally:
-        os.close(fd)
 
 
 async def tags(request: web.Request, remote: Remote, _: str) -> web.StreamResponse:
