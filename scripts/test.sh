@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(docker-registry skopeo podman containerd docker.io nginx-light wrk umoci curl
-  chromium chromium-driver)
+  chromium chromium-driver openssl postgresql)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
