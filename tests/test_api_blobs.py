@@ -5,8 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 
+import pytest
 import requests
+from conftest import BACKENDS
 from tooling.oci import Client, errors_of, sha256
+
+# The core's behaviour on both back ends: files and SQLite, SeaweedFS (S3) and PostgreSQL.
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True, scope="module")
 
 
 def test_version_check(client: Client) -> None:

@@ -6,8 +6,13 @@ import hashlib
 import json
 import os
 
+import pytest
 import requests
+from conftest import BACKENDS
 from tooling.oci import OCI_INDEX, OCI_MANIFEST, Client, descriptor, errors_of, sha256
+
+# The core's behaviour on both back ends: files and SQLite, SeaweedFS (S3) and PostgreSQL.
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True, scope="module")
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

@@ -157,9 +157,15 @@ def gc(args: argparse.Namespace) -> int:
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    if not (args.data_dir / "metadata.db").exists():
-        raise AdminError(f"{args.data_dir} holds no regcache store")
-    result = verify(args.data_dir, repair=args.repair)
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    if settings.database_url is None and not (settings.data_dir / "metadata.db").exists():
+        raise AdminError(f"{settings.data_dir} holds no regcache store")
+    result = verify(
+        settings.data_dir,
+        repair=args.repair,
+        object_storage=settings.object_storage,
+        database_url=settings.database_url,
+    )
     data = {"ok": result.ok, "checked": result.checked, "bytes": result.bytes,
             "corrupt": result.corrupt, "missing": result.missing,
             "orphan_files": result.orphan_files, "repaired": result.repaired}  # fmt: skip
@@ -215,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("gc", parents=[admin], help="collect garbage now")
     sub.set_defaults(handler=gc)
     sub = commands.add_parser("verify", help="re-hash every blob of a data directory")
-    sub.add_argument("--data-dir", type=Path, default=Path("regcache-data"))
+    sub.add_argument("--data-dir", type=Path, metavar="PATH", help="storage (./regcache-data)")
+    sub.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     sub.add_argument("--repair", action="store_true", help="remove blobs that do not match")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(handler=verify_command)

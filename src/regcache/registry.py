@@ -11,13 +11,12 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from regcache.config import Settings
 from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import Manifest, parse_manifest
-from regcache.store import BlobStore, Metadata, StoredManifest, Upload, Uploads
+from regcache.store import Metadata, StoredManifest, Upload, Uploads, make_blob_store
 from regcache.store.budget import Budget, OverBudget
 from regcache.store.hot import HotManifests
 from regcache.store.metadata import HOSTED
@@ -28,9 +27,9 @@ class Registry:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.blobs = BlobStore(settings.data_dir)
+        self.blobs = make_blob_store(settings.data_dir, settings.object_storage)
         self.uploads = Uploads(self.blobs)
-        self.meta = Metadata(settings.data_dir / "metadata.db")
+        self.meta = Metadata.for_settings(settings)
         self.hot = HotManifests(settings.hot_manifest_bytes)
         self.busy: Counter[Digest] = Counter()  # content being written: never deleted
         self.budget = Budget(
@@ -83,10 +82,12 @@ class Registry:
 
     # blobs
 
-    def blob_path(self, repo: str, digest: Digest) -> Path:
-        """The file of a blob linked to `repo`, or BLOB_UNKNOWN."""
-        if self.meta.blob_linked(repo, digest) and self.blobs.size(digest) is not None:
-            return self.blobs.path(digest)
+    async def blob_size(self, repo: str, digest: Digest) -> int:
+        """The stored size of a blob linked to `repo`, or BLOB_UNKNOWN."""
+        linked = self.meta.blob_linked(repo, digest)
+        size = await asyncio.to_thread(self.blobs.size, digest) if linked else None
+        if size is not None:
+            return size
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to {repo}")
 
     async def finish_upload(self, upload: Upload, digest: Digest) -> None:

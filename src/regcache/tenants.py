@@ -129,9 +129,7 @@ class Tenant:
         if credentials is None:
             return False
         user, password = credentials
-        return user in self.users or any(
-            _same(password, secret) for _, secret in self.tokens
-        )
+        return user in self.users or any(_same(password, secret) for _, secret in self.tokens)
 
     def challenge(self) -> dict[str, str]:
         return {"WWW-Authenticate": f'Basic realm="regcache {self.name}"'}

@@ -7,14 +7,13 @@ import asyncio
 import logging
 import time
 from functools import partial
-from pathlib import Path
 
 from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
 from regcache.metrics import Metrics
 from regcache.policy import is_pinned_tag
-from regcache.proxy.download import Download, Downloads, read_file
+from regcache.proxy.download import Download, Downloads, read_blob
 from regcache.proxy.fleet import Fleet, Relay, Source
 from regcache.proxy.router import Remote
 from regcache.registry import Registry
@@ -120,14 +119,15 @@ class PullThrough:
 
     # blobs
 
-    def blob(self, remote: Remote, digest: Digest) -> tuple[Path | Download | Relay, str]:
-        """A cached blob's file (`hit`), the download that brings it, started now (`miss`)
-        or earlier (`joined`), or another replica's download of it (`relayed`). Content that
+    def blob(self, remote: Remote, digest: Digest) -> tuple[Digest | Download | Relay, str]:
+        """A cached blob (`hit`: its digest, to serve from the store), the download that
+        brings it, started now (`miss`) or earlier (`joined`), or another replica's download
+        of it (`relayed`). Content that
         only hosted repositories hold is not served here: which tenant pushed what must not
         show through a cached name."""
         meta = self.registry.meta
         if digest not in self.downloads.active and meta.blob_cached(digest):
-            return self.registry.blobs.path(digest), "hit"
+            return digest, "hit"
         declared = meta.known_size(digest) or 0
         if declared > self.registry.budget.quota:
             raise RegistryError(
@@ -165,7 +165,7 @@ class PullThrough:
         download, or None (the relay reads from the replica that claimed it now)."""
         assert self.fleet is not None
         if self.registry.meta.blob_cached(digest):
-            return partial(read_file, self.registry.blobs.path(digest))
+            return partial(read_blob, self.registry.blobs, digest)
         download = self.downloads.active.get(digest)
         if download is None:
             address = self.fleet.claim(digest)

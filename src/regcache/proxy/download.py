@@ -21,7 +21,7 @@ import aiohttp
 from regcache.digest import CHUNK, Digest, Hasher
 from regcache.errors import RegistryError
 from regcache.registry import Registry
-from regcache.store import BlobStore
+from regcache.store import BlobBackend, BlobUpload
 from regcache.store.metadata import CACHED
 from regcache.upstream import UpstreamError
 
@@ -38,16 +38,14 @@ def _write_all(fd: int, data: bytes, hasher: Hasher) -> None:
     hasher.update(data)
 
 
-async def read_file(path: Path, start: int) -> AsyncIterator[bytes]:
-    """A stored blob's bytes from `start`."""
-    fd = os.open(path, os.O_RDONLY)
+async def read_blob(blobs: BlobBackend, digest: Digest, start: int) -> AsyncIterator[bytes]:
+    """A stored blob's bytes from `start`, from whichever store holds it."""
+    stream = await asyncio.to_thread(blobs.reader, digest, start)
     try:
-        position = start
-        while data := await asyncio.to_thread(os.pread, fd, CHUNK, position):
-            position += len(data)
+        while data := await asyncio.to_thread(stream.read, CHUNK):
             yield data
     finally:
-        os.close(fd)
+        await asyncio.to_thread(stream.close)
 
 
 class DownloadFailed(Exception):
@@ -57,10 +55,10 @@ class DownloadFailed(Exception):
 class Download:
     """One upstream blob download in flight."""
 
-    def __init__(self, digest: Digest, temp: Path, final: Path) -> None:
+    def __init__(self, digest: Digest, temp: Path, blobs: BlobBackend) -> None:
         self.digest = digest
         self.temp = temp
-        self.final = final
+        self.blobs = blobs
         self.size: int | None = None
         self.written = 0
         self.verified = False
@@ -101,8 +99,19 @@ class Download:
 
     async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
         """The bytes `start` to `end` as they are written (`FOLLOW_CHUNK` at a time: memory
-        stays bounded however many readers there are)."""
-        fd = self.open()
+        stays bounded however many readers there are); once the download has finished and
+        its file is gone, from the store."""
+        try:
+            fd = os.open(self.temp, os.O_RDONLY)
+        except FileNotFoundError:
+            await self.stored()
+            position = start
+            async for data in read_blob(self.blobs, self.digest, start):
+                yield data[: end - position]
+                position += len(data)
+                if position >= end:
+                    return
+            return
         try:
             position = start
             while position < end:
@@ -116,13 +125,6 @@ class Download:
         finally:
             os.close(fd)
 
-    def open(self) -> int:
-        """A file descriptor for reading, whether or not the blob has been committed yet."""
-        try:
-            return os.open(self.temp, os.O_RDONLY)
-        except FileNotFoundError:
-            return os.open(self.final, os.O_RDONLY)
-
     async def run(self, response: aiohttp.ClientResponse, registry: Registry) -> None:
         """Copy the upstream body to disk within the budget, verify it, commit it."""
         reserved = response.content_length or 0
@@ -134,35 +136,51 @@ class Download:
         finally:
             registry.budget.release(reserved)
 
-    async def _copy(self, response: aiohttp.ClientResponse, blobs: BlobStore) -> None:
+    async def _copy(self, response: aiohttp.ClientResponse, blobs: BlobBackend) -> None:
+        """Write the body to the temp file (and, with object storage, upload it in parts as it
+        comes), verify it, release readers, then store it."""
         self.size = response.content_length
-        self.started.set()
         hasher = self.digest.hasher()
+        upload = await asyncio.to_thread(blobs.upload, self.digest, self.size)
         fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.started.set()  # readers may open the file now
         try:
-            pending = bytearray()
-            async for chunk in response.content.iter_any():
-                pending += chunk
-                if len(pending) >= CHUNK:
-                    await self._flush(fd, pending, hasher)
-            if pending:
-                await self._flush(fd, pending, hasher)
-        finally:
-            os.close(fd)
-        if self.size is not None and self.written != self.size:
-            raise DownloadFailed(f"upstream sent {self.written} of {self.size} bytes")
-        if hasher.digest() != self.digest:
-            raise DownloadFailed(f"upstream content has digest {hasher.digest()}")
-        self.size = self.written
-        self.verified = True  # readers may finish now; storing it durably takes a while
-        self._notify()
-        await asyncio.to_thread(blobs.commit, self.temp, self.digest)
+            try:
+                pending = bytearray()
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    if len(pending) >= CHUNK:
+                        await self._flush(fd, pending, hasher, upload)
+                if pending:
+                    await self._flush(fd, pending, hasher, upload)
+            finally:
+                os.close(fd)
+            if self.size is not None and self.written != self.size:
+                raise DownloadFailed(f"upstream sent {self.written} of {self.size} bytes")
+            if hasher.digest() != self.digest:
+                raise DownloadFailed(f"upstream content has digest {hasher.digest()}")
+            self.size = self.written
+            self.verified = True  # readers may finish now; storing it durably takes a while
+            self._notify()
+            if upload is None:
+                await asyncio.to_thread(blobs.commit, self.temp, self.digest)
+            else:
+                await asyncio.to_thread(upload.complete)
+        except BaseException:
+            if upload is not None:
+                await asyncio.to_thread(upload.abort)
+            raise
 
-    async def _flush(self, fd: int, pending: bytearray, hasher: Hasher) -> None:
-        await asyncio.to_thread(_write_all, fd, bytes(pending), hasher)
+    async def _flush(
+        self, fd: int, pending: bytearray, hasher: Hasher, upload: BlobUpload | None
+    ) -> None:
+        data = bytes(pending)
+        await asyncio.to_thread(_write_all, fd, data, hasher)
         self.written += len(pending)
         pending.clear()
         self._notify()
+        if upload is not None:
+            await asyncio.to_thread(upload.add, data)
 
     async def stored(self) -> None:
         """Wait until the blob is stored in its final place; raise why it was not."""
@@ -173,7 +191,7 @@ class Download:
     def finish(self, error: BaseException | None) -> None:
         if error is not None:
             self.error = error
-            self.temp.unlink(missing_ok=True)
+        self.temp.unlink(missing_ok=True)  # gone already when the file store took it
         self.done.set()
         self.started.set()
         for callback in self.done_callbacks:
@@ -202,7 +220,7 @@ class Downloads:
         """The download of `digest`: the one in flight, or a new one started with `fetch`."""
         download = self.active.get(digest)
         if download is None:
-            download = Download(digest, self.blobs.temp_path(), self.blobs.path(digest))
+            download = Download(digest, self.blobs.temp_path(), self.blobs)
             self.active[digest] = download
             task = asyncio.create_task(self._run(download, fetch, on_commit))
             self._tasks.add(task)

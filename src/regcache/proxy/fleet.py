@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
 from regcache.config import Fleet as FleetSettings
 from regcache.digest import CHUNK, Digest
-from regcache.store.leases import Leases
+from regcache.store.leases import Leases, Ledger
 
 log = logging.getLogger("regcache.fleet")
 RETRY_PAUSE = 0.2  # seconds between tries to reach a blob's download after its replica failed
@@ -33,10 +32,11 @@ class RelayFailed(Exception):
 class Fleet:
     """This replica's leases on downloads, and its way to the other replicas."""
 
-    def __init__(self, leases: Leases, settings: FleetSettings) -> None:
+    def __init__(self, leases: Leases, ledger: Ledger, settings: FleetSettings) -> None:
         self.leases = leases
+        self.ledger = ledger
         self.settings = settings
-        self.replica = uuid.uuid4().hex[:12]
+        self.replica = ledger.replica
         self.address = settings.address
         self.token = settings.token.get_secret_value()
         self._owned: set[Digest] = set()
@@ -46,11 +46,12 @@ class Fleet:
         """Renew this replica's leases until cancelled."""
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            if self._owned:
-                try:
+            try:
+                self.ledger.renew()
+                if self._owned:
                     self.leases.renew(self.replica, time.time())
-                except Exception:
-                    log.exception("could not renew download leases")
+            except Exception:
+                log.exception("could not renew this replica's leases")
 
     @property
     def session(self) -> aiohttp.ClientSession:

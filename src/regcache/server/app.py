@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 
@@ -24,7 +25,7 @@ from regcache.server import fleet as fleet_routes
 from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, ROUTER, SHARES, TENANTS
 from regcache.server.proxied import ResponseAborted
 from regcache.store.gc import collect_garbage
-from regcache.store.leases import Leases
+from regcache.store.leases import Leases, Ledger
 from regcache.store.shares import Shares
 from regcache.tenants import Tenants
 from regcache.upstream import UpstreamClient
@@ -123,7 +124,11 @@ def create_app(settings: Settings) -> web.Application:
     registry = Registry(settings)
     metrics = Metrics()
     leases = Leases(registry.meta)
-    fleet = Fleet(leases, settings.fleet) if settings.fleet is not None else None
+    fleet = None
+    if settings.fleet is not None:
+        ledger = Ledger(registry.meta, uuid.uuid4().hex[:12], settings.fleet.lease_seconds)
+        registry.budget.ledger = ledger
+        fleet = Fleet(leases, ledger, settings.fleet)
     pull_through = PullThrough(registry, metrics, fleet)
     app[REGISTRY] = registry
     app[PULL_THROUGH] = pull_through
@@ -134,7 +139,6 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         registry.open()
-        leases.open()
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64), auto_decompress=False, trust_env=False
         ) as session:

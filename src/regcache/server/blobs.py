@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -12,9 +15,10 @@ from regcache.errors import ErrorCode, RegistryError
 from regcache.reference import validate_name
 from regcache.server.access import tenant_of
 from regcache.server.keys import REGISTRY
-from regcache.store import Upload
+from regcache.store import BlobBackend, Upload
 from regcache.store.uploads import range_header
 
+log = logging.getLogger("regcache.blobs")
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes )?(\d+)-(\d+)$")
 
 
@@ -43,9 +47,87 @@ def file_response(path: Path, digest: Digest) -> web.FileResponse:
     )
 
 
+def byte_range(request: web.Request, size: int) -> tuple[int, int]:
+    """The `[start, end)` of a blob of `size` bytes that a request's `Range` asks for (all of
+    it without one, or with one that cannot be parsed); 416 if none of it exists."""
+    try:
+        wanted = request.http_range
+    except ValueError:
+        wanted = slice(None, None)
+    start, stop = wanted.start, wanted.stop
+    if start is None and stop is None:
+        return 0, size
+    if start is not None and start < 0:  # a suffix: the last -start bytes
+        start, stop = max(size + start, 0), size
+    start = start or 0
+    stop = size if stop is None else min(stop, size)
+    if start >= size or start >= stop:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, stop
+
+
+async def blob_response(
+    request: web.Request, store: BlobBackend, digest: Digest, size: int | None = None
+) -> web.StreamResponse:
+    """A stored blob: a local file with sendfile; otherwise, for a GET the store allows to
+    redirect, a 307 to a presigned URL; otherwise streamed from the store in bounded chunks,
+    honouring `Range`. `size`, when the caller knows it, saves asking the store."""
+    path = store.local_path(digest)
+    if path is not None:
+        return file_response(path, digest)
+    headers = {"Docker-Content-Digest": str(digest)}
+    url = store.redirect_url(digest) if request.method == "GET" else None
+    if url is not None:
+        return web.Response(status=307, headers={**headers, "Location": url})
+    if size is None:
+        size = await asyncio.to_thread(store.size, digest)
+    if size is None:
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to registry")
+    start, end = byte_range(request, size)
+    headers |= {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+    response = web.StreamResponse(status=200 if (start, end) == (0, size) else 206, headers=headers)
+    response.content_length = end - start
+    if response.status == 206:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    if request.method == "HEAD":
+        await response.prepare(request)
+        return response
+    try:
+        reader = await asyncio.to_thread(store.reader, digest, start, end - start)
+    except FileNotFoundError:
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to registry") from None
+    try:
+        await response.prepare(request)
+        await _stream(request, reader, response, end - start)
+    finally:
+        await asyncio.to_thread(reader.close)
+    return response
+
+
+async def _stream(
+    request: web.Request, reader: BinaryIO, response: web.StreamResponse, length: int
+) -> None:
+    """Copy `length` bytes in chunks read from a thread; on a failure after the headers went
+    out, cut the connection so that the client sees a short body, never a wrong one."""
+    try:
+        while length > 0:
+            data = await asyncio.to_thread(reader.read, min(CHUNK, length))
+            if not data:
+                raise OSError(f"stored blob ended {length} bytes early")
+            await response.write(data)
+            length -= len(data)
+        await response.write_eof()
+    except OSError as exc:
+        log.warning("%s %s cut off: %s", request.method, request.path, exc)
+        if request.transport is not None:
+            request.transport.abort()
+
+
 async def get_blob(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
     digest = Digest.parse(arg)
-    return file_response(request.app[REGISTRY].blob_path(repo, digest), digest)
+    registry = request.app[REGISTRY]
+    size = await registry.blob_size(repo, digest)
+    return await blob_response(request, registry.blobs, digest, size)
 
 
 async def delete_blob(request: web.Request, repo: str, arg: str) -> web.StreamResponse:
@@ -66,17 +148,18 @@ async def start_upload(request: web.Request, repo: str, arg: str) -> web.StreamR
         source = tenant.internal(validate_name(source)) if source is not None else None
         if registry.mount(repo, digest, source, within=tenant.prefix):
             return web.Response(status=201, headers=_blob_headers(request["name"], digest))
+    # Parsed before the session exists: a malformed digest must not leave one behind.
+    wanted = Digest.parse(query["digest"]) if "digest" in query else None
     upload = registry.uploads.create(repo)
-    if "digest" in query:
-        digest = Digest.parse(query["digest"])
+    if wanted is not None:
         try:
             await registry.uploads.append(
                 upload, request.content.iter_any(), length=request.content_length
             )
-            await registry.finish_upload(upload, digest)
+            await registry.finish_upload(upload, wanted)
         finally:
             registry.uploads.cancel(upload)
-        return web.Response(status=201, headers=_blob_headers(request["name"], digest))
+        return web.Response(status=201, headers=_blob_headers(request["name"], wanted))
     return web.Response(status=202, headers=_upload_headers(request, upload, 0))
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
-from regcache.server.blobs import file_response
+from regcache.server.blobs import blob_response
 from regcache.server.keys import PULL_THROUGH, REGISTRY
 from regcache.server.proxied import follow
 
@@ -24,8 +24,10 @@ async def fleet_blob(request: web.Request) -> web.StreamResponse:
     download = pull.downloads.active.get(digest)
     if download is not None:
         return await follow(request, download)
-    if request.app[REGISTRY].meta.blob_cached(digest):
-        return file_response(request.app[REGISTRY].blobs.path(digest), digest)
+    registry = request.app[REGISTRY]
+    if registry.meta.blob_cached(digest):
+        size = registry.meta.blob_size(digest)
+        return await blob_response(request, registry.blobs, digest, size)
     raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"{digest} is not here")
 
 

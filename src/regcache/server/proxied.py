@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -14,7 +13,7 @@ from regcache.proxy.fleet import Relay, RelayFailed
 from regcache.proxy.router import Remote
 from regcache.reference import parse_reference
 from regcache.server.access import tenant_of
-from regcache.server.blobs import file_response
+from regcache.server.blobs import blob_response, byte_range
 from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, SHARES
 from regcache.server.listings import referrers_response
 from regcache.server.manifests import manifest_response
@@ -69,9 +68,11 @@ async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.Stream
             headers["Content-Length"] = str(size)
         return web.Response(headers=headers)
     source, outcome = pull.blob(remote, digest)
-    if isinstance(source, Path):
-        response = file_response(source, digest)
-        _note(request, "blob", outcome, _served_bytes(request, source))
+    if isinstance(source, Digest):
+        registry = request.app[REGISTRY]
+        size = registry.meta.blob_size(digest)
+        response = await blob_response(request, registry.blobs, digest, size)
+        _note(request, "blob", outcome, _served_bytes(request, size or 0))
         return response
     _note(request, "blob", outcome)
     if isinstance(source, Relay):
@@ -82,13 +83,12 @@ async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.Stream
     return response
 
 
-def _served_bytes(request: web.Request, path: Path) -> int:
+def _served_bytes(request: web.Request, size: int) -> int:
     """How many bytes of a stored blob a GET will send (its `Range`, or all of it)."""
     if request.method != "GET":
         return 0
-    size = path.stat().st_size
     try:
-        start, end = _byte_range(request, size)
+        start, end = byte_range(request, size)
     except web.HTTPRequestRangeNotSatisfiable:
         return 0
     return end - start
@@ -112,7 +112,8 @@ async def follow(request: web.Request, download: Download) -> web.StreamResponse
             size = await download.wait_started()
             if size is None:  # no Content-Length upstream: serve once stored
                 await download.stored()
-                return file_response(download.final, download.digest)
+                blobs = request.app[REGISTRY].blobs
+                return await blob_response(request, blobs, download.digest, download.written)
         except (UpstreamError, RegistryError, DownloadFailed) as exc:
             raise _failed(download, exc) from None
         return await _stream(request, download.digest, size, download.read)
@@ -126,7 +127,7 @@ async def _stream(
     """Send `chunks(start, end)` of a blob of `size` bytes, as a whole or for a `Range`.
     A source that fails after the headers went out cuts the connection: the client must see
     a cut-off body, never a wrong one."""
-    start, end = _byte_range(request, size)
+    start, end = byte_range(request, size)
     response = web.StreamResponse(
         status=206 if (start, end) != (0, size) else 200,
         headers={
@@ -143,29 +144,12 @@ async def _stream(
         try:
             async for data in chunks(start, end):
                 await response.write(data)
-        except (DownloadFailed, RelayFailed, ConnectionError) as exc:
+        except (DownloadFailed, RelayFailed, OSError) as exc:
             if request.transport is not None:
                 request.transport.abort()
             raise ResponseAborted(str(exc)) from None
     await response.write_eof()
     return response
-
-
-def _byte_range(request: web.Request, size: int) -> tuple[int, int]:
-    try:
-        wanted = request.http_range
-    except ValueError:
-        wanted = slice(None, None)
-    start, stop = wanted.start, wanted.stop
-    if start is None and stop is None:
-        return 0, size
-    if start is not None and start < 0:  # a suffix: the last -start bytes
-        start, stop = max(size + start, 0), size
-    start = start or 0
-    stop = size if stop is None else min(stop, size)
-    if start >= size or start >= stop:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
-    return start, stop
 
 
 async def tags(request: web.Request, remote: Remote, _: str) -> web.StreamResponse:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from regcache.digest import Digest
 from regcache.store.blobs import BlobStore
+from regcache.store.leases import Ledger
 from regcache.store.metadata import Metadata
 
 log = logging.getLogger("regcache.budget")
@@ -39,6 +40,7 @@ class Budget:
         min_free: int,
         in_use: Callable[[], set[Digest]],
         before_eviction: Callable[[], None],
+        ledger: Ledger | None = None,
     ) -> None:
         self.meta = meta
         self.blobs = blobs
@@ -46,6 +48,7 @@ class Budget:
         self.min_free = min_free
         self.in_use = in_use
         self.before_eviction = before_eviction
+        self.ledger = ledger  # reservations of every replica, when several share the store
         self.used = 0
         self.reserved = 0
         self.evictions = 0
@@ -58,15 +61,26 @@ class Budget:
         stat = os.statvfs(self.blobs.root)
         return stat.f_bavail * stat.f_frsize
 
-    def _fits(self, size: int) -> bool:
-        within_quota = self.used + self.reserved + size <= self.quota
-        return within_quota and self.free_disk() - size >= self.min_free
-
     def describe(self) -> str:
         return (
             f"quota {self.quota} bytes, {self.used} used, {self.reserved} being written, "
             f"{self.free_disk()} free on disk (keeping {self.min_free} free)"
         )
+
+    def _claim(self, size: int) -> bool:
+        """Reserve `size` bytes if they fit now. Replicas sharing the store decide in one
+        transaction of the shared database, counting every replica's reservations."""
+        if self.free_disk() - size < self.min_free:
+            return False
+        if self.ledger is None:
+            if self.used + self.reserved + size > self.quota:
+                return False
+        else:
+            fits, self.used = self.ledger.reserve(self.reserved, size, self.quota)
+            if not fits:
+                return False
+        self.reserved += size
+        return True
 
     async def reserve(self, size: int, *, evict: bool = True) -> None:
         """Hold `size` bytes for content about to be written, evicting cached images as
@@ -74,14 +88,24 @@ class Budget:
         if size > self.quota:
             raise OverBudget(f"{size} bytes is larger than the whole quota of {self.quota} bytes")
         async with self._lock:
-            if not self._fits(size) and evict:
-                await self._evict_until(lambda: self._fits(size))
-            if not self._fits(size):
+            claimed = self._claim(size)
+            if not claimed and evict:
+                outcome: list[bool] = []
+
+                def done() -> bool:
+                    if not outcome and self._claim(size):
+                        outcome.append(True)
+                    return bool(outcome)
+
+                await self._evict_until(done)
+                claimed = bool(outcome)
+            if not claimed:
                 raise OverBudget(f"no room for {size} bytes: {self.describe()}")
-            self.reserved += size
 
     def release(self, size: int) -> None:
         self.reserved -= size
+        if self.ledger is not None:
+            self.ledger.hold(self.reserved)
 
     def stored(self, digest: Digest, size: int) -> None:
         """Content was committed: count it once."""

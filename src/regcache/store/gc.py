@@ -1,22 +1,26 @@
 """Online garbage collection, and `verify`: re-hash every blob against its digest.
 
 Garbage collection runs beside serving: it deletes recorded content nothing refers to,
-blob files with no record (left by a crash between a metadata commit and a file deletion),
+stored blobs with no record (left by a crash between a metadata commit and a blob deletion),
 and upload sessions abandoned for longer than `upload_max_age`. Nothing being written is
-touched, and a file younger than `ORPHAN_GRACE` is left alone.
+touched, and a blob younger than `ORPHAN_GRACE` is left alone. Both work on any blob store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from regcache.digest import Digest, hash_file
-from regcache.errors import RegistryError
+from pydantic import SecretStr
+
+from regcache.config import ObjectStorage
+from regcache.digest import CHUNK, Digest
 from regcache.registry import Registry
-from regcache.store.blobs import BlobStore
+from regcache.store import BlobBackend, make_blob_store
+from regcache.store.database import database_for
 from regcache.store.metadata import Metadata
 
 ORPHAN_GRACE = 60.0  # seconds
@@ -35,17 +39,6 @@ class Collected:
         return asdict(self)
 
 
-def blob_files(blobs: BlobStore) -> list[tuple[Digest, Path]]:
-    """Every blob file on disk with the digest its path names (blocking)."""
-    found = []
-    for path in blobs.blob_dir.glob("*/*/*"):
-        try:
-            found.append((Digest.parse(f"{path.parent.parent.name}:{path.name}"), path))
-        except RegistryError:
-            continue
-    return found
-
-
 async def collect_garbage(registry: Registry, now: float | None = None) -> Collected:
     now = time.time() if now is None else now
     meta, blobs, budget = registry.meta, registry.blobs, registry.budget
@@ -58,19 +51,16 @@ async def collect_garbage(registry: Registry, now: float | None = None) -> Colle
         await asyncio.to_thread(blobs.delete, digest)
         report.unreferenced += 1
         report.bytes_freed += size
-    for index, (digest, path) in enumerate(await asyncio.to_thread(blob_files, blobs)):
+    for index, blob in enumerate(await asyncio.to_thread(lambda: list(blobs.list_blobs()))):
         if index % 256 == 0:
             await asyncio.sleep(0)
-        if digest in registry.busy or meta.blob_size(digest) is not None:
+        if now - blob.modified <= ORPHAN_GRACE:
             continue
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
+        if blob.digest in registry.busy or meta.blob_size(blob.digest) is not None:
             continue
-        if now - stat.st_mtime > ORPHAN_GRACE:
-            path.unlink(missing_ok=True)
-            report.orphan_files += 1
-            report.bytes_freed += stat.st_size
+        await asyncio.to_thread(blobs.delete, blob.digest)
+        report.orphan_files += 1
+        report.bytes_freed += blob.size
     report.uploads = registry.uploads.expire(registry.settings.upload_max_age, now)
     return report
 
@@ -91,25 +81,42 @@ class Verification:
         return not self.corrupt and not self.missing
 
 
-def verify(data_dir: Path, repair: bool = False) -> Verification:
+def rehash(blobs: BlobBackend, digest: Digest) -> tuple[Digest, int]:
+    """The digest and size of a stored blob's content, read in bounded chunks (blocking);
+    FileNotFoundError if it is absent."""
+    hasher = digest.hasher()
+    with closing(blobs.reader(digest)) as stream:
+        while chunk := stream.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.digest(), hasher.size
+
+
+def verify(
+    data_dir: Path,
+    repair: bool = False,
+    object_storage: ObjectStorage | None = None,
+    database_url: SecretStr | None = None,
+) -> Verification:
     """Re-hash every recorded blob; with `repair`, forget and delete the bad ones."""
-    blobs = BlobStore(data_dir)
-    meta = Metadata(data_dir / "metadata.db")
+    blobs = make_blob_store(data_dir, object_storage)
+    meta = Metadata(database_for(data_dir, database_url))
     meta.open()
     result = Verification(repaired=repair)
     try:
         recorded = set()
         for digest, _size in list(meta.all_blobs()):
             recorded.add(digest)
-            path = blobs.path(digest)
-            if not path.exists():
+            try:
+                actual, size = rehash(blobs, digest)
+            except FileNotFoundError:
                 result.missing.append(str(digest))
-            elif hash_file(path, digest.algorithm) != digest:
+                continue
+            if actual != digest:
                 result.corrupt.append(str(digest))
             else:
                 result.checked += 1
-                result.bytes += path.stat().st_size
-        result.orphan_files = sum(1 for d, _ in blob_files(blobs) if d not in recorded)
+                result.bytes += size
+        result.orphan_files = sum(1 for b in blobs.list_blobs() if b.digest not in recorded)
         if repair:
             for text in result.corrupt + result.missing:
                 digest = Digest.parse(text)

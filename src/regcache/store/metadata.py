@@ -1,21 +1,23 @@
-"""Metadata in SQLite (WAL): repositories, blob links, manifests, tags and references.
+"""Metadata in SQLite (WAL) or PostgreSQL: repositories, blob links, manifests, tags and
+references.
 
 Blob and manifest *content* lives in the blob store; this database says which repository
-holds what. Calls are short and synchronous; each write is one transaction.
+holds what. Calls are short and synchronous; each write is one transaction. SQL is written in
+SQLite's dialect; `regcache.store.database` translates it for PostgreSQL.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
+from regcache.config import Settings
 from regcache.digest import Digest
 from regcache.manifest import Manifest
+from regcache.store.database import Database, Row, database_for
 
 SCHEMA = """
 CREATE TABLE repositories (
@@ -64,9 +66,21 @@ CREATE TABLE tenant_images (
 ) WITHOUT ROWID;
 CREATE INDEX tenant_images_image ON tenant_images (repo, digest);
 """,
+    3: """
+CREATE TABLE download_leases (
+    digest TEXT PRIMARY KEY, owner TEXT NOT NULL, address TEXT NOT NULL, heartbeat REAL NOT NULL
+);
+CREATE TABLE replica_reservations (
+    replica TEXT PRIMARY KEY, bytes INTEGER NOT NULL, heartbeat REAL NOT NULL
+);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 HOSTED, CACHED = "hosted", "cache"  # a repository's origin: pushed here, or pulled through
+_SET_TAG = (
+    "INSERT INTO tags VALUES (?, ?, ?, ?) ON CONFLICT (repo, tag)"
+    " DO UPDATE SET digest = excluded.digest, updated = excluded.updated"
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,7 @@ class StoredManifest:
         return entry
 
 
-def _manifest(row: sqlite3.Row) -> StoredManifest:
+def _manifest(row: Row) -> StoredManifest:
     annotations = json.loads(row["annotations"]) if row["annotations"] else None
     return StoredManifest(
         Digest.parse(row["digest"]),
@@ -105,54 +119,34 @@ def _manifest(row: sqlite3.Row) -> StoredManifest:
 
 
 class Metadata:
-    """The metadata database of one data directory."""
+    """The metadata database of one regcache (or of a fleet sharing PostgreSQL)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Metadata:
+        """PostgreSQL at `database_url` if set, else `metadata.db` in the data directory."""
+        return cls(database_for(settings.data_dir, settings.database_url))
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: unknown schema version {version}")
-        if version == 0:
-            db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version=1; COMMIT;")
-            version = 1
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            db.executescript(f"BEGIN; {MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;")
-        self._db = db
+        """Connect, and create or upgrade the schema."""
+        self.db.open()
+        try:
+            self.db.migrate(SCHEMA, MIGRATIONS)
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.db.close()
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("metadata database is not open")
-        return self._db
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[Database]:
+        return self.db.transaction()
 
     # repositories
 
-    def _ensure_repo(self, db: sqlite3.Connection, repo: str, origin: str) -> None:
+    def _ensure_repo(self, db: Database, repo: str, origin: str) -> None:
         db.execute(
             "INSERT OR IGNORE INTO repositories (name, origin, created) VALUES (?, ?, ?)",
             (repo, origin, time.time()),
@@ -204,7 +198,7 @@ class Metadata:
         return row is not None
 
     def unlink_blob(self, repo: str, digest: Digest) -> bool:
-        cursor = self.db.execute(
+        cursor = self.db.write(
             "DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, str(digest))
         )
         return cursor.rowcount > 0
@@ -241,10 +235,7 @@ class Metadata:
                 "INSERT OR IGNORE INTO manifest_refs VALUES (?, ?, ?, ?)",
                 [(repo, key, str(d.digest), d.size) for d in manifest.blobs + manifest.children],
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
-                [(repo, tag, key, now) for tag in tags],
-            )
+            db.executemany(_SET_TAG, [(repo, tag, key, now) for tag in tags])
 
     def manifest(self, repo: str, digest: Digest) -> StoredManifest | None:
         row = self.db.execute(
@@ -267,9 +258,7 @@ class Metadata:
 
     def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
         """Point a tag at a digest, or confirm that it still points there."""
-        self.db.execute(
-            "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", (repo, tag, str(digest), time.time())
-        )
+        self.db.write(_SET_TAG, (repo, tag, str(digest), time.time()))
 
     def delete_manifest(self, repo: str, digest: Digest) -> bool:
         key = str(digest)
@@ -282,7 +271,7 @@ class Metadata:
         return deleted > 0
 
     def delete_tag(self, repo: str, tag: str) -> bool:
-        cursor = self.db.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
+        cursor = self.db.write("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
         return cursor.rowcount > 0
 
     def tags(self, repo: str, last: str | None, limit: int) -> list[str]:
@@ -303,7 +292,7 @@ class Metadata:
 
     def add_blob(self, digest: Digest, size: int) -> bool:
         """Record stored content; True when it was not recorded before (newly counted)."""
-        cursor = self.db.execute(
+        cursor = self.db.write(
             "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (str(digest), size, time.time())
         )
         return cursor.rowcount > 0
@@ -314,14 +303,15 @@ class Metadata:
 
     def remove_blob(self, digest: Digest) -> int:
         """Forget stored content; the bytes it had (0 if it was not recorded)."""
-        size = self.blob_size(digest)
-        self.db.execute("DELETE FROM blobs WHERE digest = ?", (str(digest),))
-        return size or 0
+        rows = self.db.write(
+            "DELETE FROM blobs WHERE digest = ? RETURNING size", (str(digest),)
+        ).fetchall()
+        return rows[0][0] if rows else 0
 
     def stored_bytes(self) -> tuple[int, int]:
         """Bytes and number of recorded blobs (manifests included)."""
         row = self.db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM blobs").fetchone()
-        return row[0], row[1]
+        return int(row[0]), row[1]  # PostgreSQL sums BIGINTs as NUMERIC
 
     def all_blobs(self) -> Iterator[tuple[Digest, int]]:
         for row in self.db.execute("SELECT digest, size FROM blobs ORDER BY digest"):
@@ -346,13 +336,14 @@ class Metadata:
         """Add buffered pull counts and times to their manifests."""
         with self._transaction() as db:
             db.executemany(
-                "UPDATE manifests SET pulls = pulls + ?, last_pull = MAX(COALESCE(last_pull, 0), ?)"
-                " WHERE repo = ? AND digest = ?",
+                "UPDATE manifests SET pulls = pulls + ?1,"
+                " last_pull = CASE WHEN last_pull >= ?2 THEN last_pull ELSE ?2 END"
+                " WHERE repo = ?3 AND digest = ?4",
                 [(count, last, repo, digest) for (repo, digest), (count, last) in pulls.items()],
             )
 
     def set_pinned(self, repo: str, digest: Digest, pinned: bool) -> bool:
-        cursor = self.db.execute(
+        cursor = self.db.write(
             "UPDATE manifests SET pinned = ? WHERE repo = ? AND digest = ?",
             (int(pinned), repo, str(digest)),
         )
@@ -365,7 +356,7 @@ class Metadata:
         " AND p.digest = x.manifest WHERE x.repo = m.repo AND x.child = m.digest)"
     )
 
-    def images(self, origin: str | None = None) -> Iterator[sqlite3.Row]:
+    def images(self, origin: str | None = None) -> Iterator[Row]:
         """Top-level manifests (not the child of another manifest in their repository)."""
         query = self._IMAGES + (" AND r.origin = ?" if origin else "") + " ORDER BY m.repo"
         yield from self.db.execute(query, (origin,) if origin else ())
@@ -458,14 +449,14 @@ class Metadata:
     # tenants' shares of cached images
 
     def charge(self, tenant: str, repo: str, digest: Digest, when: float) -> None:
-        self.db.execute(
-            "INSERT INTO tenant_images VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE"
-            " SET last_pull = excluded.last_pull",
+        self.db.write(
+            "INSERT INTO tenant_images VALUES (?, ?, ?, ?) ON CONFLICT (tenant, repo, digest)"
+            " DO UPDATE SET last_pull = excluded.last_pull",
             (tenant, repo, str(digest), when),
         )
 
     def uncharge(self, tenant: str, repo: str, digest: Digest) -> None:
-        self.db.execute(
+        self.db.write(
             "DELETE FROM tenant_images WHERE tenant = ? AND repo = ? AND digest = ?",
             (tenant, repo, str(digest)),
         )
@@ -499,7 +490,7 @@ class Metadata:
         return {row[0]: row[1] for row in rows}
 
     @staticmethod
-    def _referenced(db: sqlite3.Connection, key: str) -> bool:
+    def _referenced(db: Database, key: str) -> bool:
         row = db.execute(
             "SELECT 1 FROM repo_blobs WHERE digest = ?1 UNION ALL SELECT 1 FROM manifests"
             " WHERE digest = ?1 UNION ALL SELECT 1 FROM manifest_refs WHERE child = ?1 LIMIT 1",
