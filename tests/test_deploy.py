@@ -367,3 +367,280 @@ def test_containerfile_runs_regcache_as_the_deployment_expects() -> None:
     data_dir = option(container()["args"], "--data-dir")
     assert option(cmd, "--data-dir") == data_dir
     assert data_dir in json.loads(last("VOLUME"))
+
+
+# deploy/kubernetes/fleet: three replicas on external S3 and PostgreSQL.
+
+FLEET = K8S / "fleet"
+FLEET_KINDS = {
+    "ConfigMap",
+    "Deployment",
+    "NetworkPolicy",
+    "PodDisruptionBudget",
+    "Secret",
+    "Service",
+}
+POD_IP = "10.244.1.7"  # what the downward API gives the pod in the tests below
+
+
+def fleet_files() -> list[Path]:
+    """Every YAML file of deploy/kubernetes/fleet but its kustomization."""
+    return sorted(p for p in FLEET.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@cache
+def fleet_documents() -> tuple[tuple[str, Obj], ...]:
+    """(file name, object) for every YAML document of the fleet's manifests."""
+    found = []
+    for path in fleet_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                found.append((path.name, doc))
+    return tuple(found)
+
+
+def fleet_obj(kind: str) -> Obj:
+    """The fleet's one object of `kind` (a deep copy)."""
+    matches = [doc for _, doc in fleet_documents() if doc["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, found {len(matches)}"
+    return copy.deepcopy(matches[0])
+
+
+def fleet_pod() -> Obj:
+    return fleet_obj("Deployment")["spec"]["template"]["spec"]
+
+
+def fleet_container() -> Obj:
+    [only] = fleet_pod()["containers"]
+    return only
+
+
+def fleet_volume(name: str) -> Obj:
+    return {v["name"]: v for v in fleet_pod()["volumes"]}[name]
+
+
+def fleet_mount(name: str) -> str:
+    return {m["name"]: m["mountPath"] for m in fleet_container()["volumeMounts"]}[name]
+
+
+def expand(value: str, defined: dict[str, str]) -> str:
+    """Kubernetes' `$(NAME)` expansion of an env value: names defined earlier are replaced,
+    `$$` is a literal `$`, anything else stays as written."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$"
+        return defined.get(match[1], match[0])
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", replace, value)
+
+
+def fleet_environment() -> dict[str, str]:
+    """The container's environment as the kubelet would build it, from the fleet's ConfigMap
+    and Secret and a pod IP; every reference must resolve."""
+    config_map, secret = fleet_obj("ConfigMap"), fleet_obj("Secret")
+    env: dict[str, str] = {}
+    for var in fleet_container()["env"]:
+        if "value" in var:
+            env[var["name"]] = expand(var["value"], env)
+            continue
+        source = var["valueFrom"]
+        if "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "status.podIP"
+            env[var["name"]] = POD_IP
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"]
+            env[var["name"]] = secret["stringData"][ref["key"]]
+        else:
+            ref = source["configMapKeyRef"]
+            assert ref["name"] == config_map["metadata"]["name"]
+            env[var["name"]] = config_map["data"][ref["key"]]
+    return env
+
+
+@pytest.fixture
+def fleet_settings(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> Settings:
+    """The fleet's regcache.yaml and environment, loaded by regcache as a pod would."""
+    path = tmp_path / "regcache.yaml"
+    path.write_text(fleet_obj("ConfigMap")["data"]["regcache.yaml"])
+    for name, value in fleet_environment().items():
+        clean_env.setenv(name, value)
+    return load_settings(path)  # an unknown REGCACHE_* variable would be a ConfigError
+
+
+def test_fleet_documents_parse_as_namespaceless_objects() -> None:
+    """Each fleet manifest holds named objects without a namespace, one of each kind."""
+    assert fleet_files(), "no manifests in deploy/kubernetes/fleet"
+    for name, doc in fleet_documents():
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys(), name
+        assert doc["metadata"].get("name"), name
+        assert "namespace" not in doc["metadata"], f"{name}: users choose the namespace with -n"
+    assert {name for name, _ in fleet_documents()} == {p.name for p in fleet_files()}
+    assert sorted(doc["kind"] for _, doc in fleet_documents()) == sorted(FLEET_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("name", "doc"),
+    fleet_documents(),
+    ids=[f"fleet/{n}:{d['kind']}" for n, d in fleet_documents()],
+)
+def test_fleet_object_matches_its_kubernetes_schema(name: str, doc: Obj) -> None:
+    """The same strict, offline validation as the single-replica manifests."""
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"fleet/{name}: {exc.message} at {'/'.join(map(str, exc.path))}")
+
+
+def test_fleet_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((FLEET / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    assert "namespace" not in kustomization
+    resources = kustomization["resources"]
+    assert len(resources) == len(set(resources))
+    assert set(resources) == {p.name for p in fleet_files()}
+
+
+def test_fleet_is_three_replicas_without_a_volume_claim() -> None:
+    """Three replicas rolled one at a time; nothing of theirs on a PersistentVolumeClaim:
+    blobs are in the bucket, the data directory is an emptyDir for temporary files."""
+    deployment = fleet_obj("Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 1
+    assert "volumeClaimTemplates" not in spec
+    assert all(doc["kind"] != "PersistentVolumeClaim" for _, doc in fleet_documents())
+    assert all("persistentVolumeClaim" not in v for v in fleet_pod()["volumes"])
+    args = fleet_container()["args"]
+    assert fleet_mount("spool") == option(args, "--data-dir") == "/var/lib/regcache"
+    assert "sizeLimit" in fleet_volume("spool")["emptyDir"]
+
+
+def test_fleet_runs_regcache_like_the_single_replica() -> None:
+    """Same arguments, probes, resources and non-root security as deployment.yaml."""
+    single, c = container(), fleet_container()
+    assert "command" not in c
+    assert c["args"] == single["args"]
+    assert c["ports"] == single["ports"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe] == single[probe], probe
+    assert c["securityContext"] == single["securityContext"]
+    assert (
+        fleet_pod()["securityContext"]
+        == obj("Deployment")["spec"]["template"]["spec"]["securityContext"]
+    )
+    for kind in ("requests", "limits"):
+        assert c["resources"][kind]["memory"] == single["resources"][kind]["memory"]
+
+
+def test_fleet_replicas_spread_over_nodes() -> None:
+    """Anti-affinity on the node name, selecting the fleet's own pods."""
+    labels = fleet_obj("Deployment")["spec"]["template"]["metadata"]["labels"]
+    terms = fleet_pod()["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    hostname = [t["podAffinityTerm"] for t in terms if t["podAffinityTerm"]["topologyKey"]]
+    assert [t["topologyKey"] for t in hostname] == ["kubernetes.io/hostname"]
+    assert hostname[0]["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_fleet_environment_sets_the_shared_back_ends() -> None:
+    """REGCACHE_FLEET is composed from the pod's IP (downward API) and the Secret's token,
+    and every variable it and REGCACHE_OBJECT_STORAGE refer to is defined before them."""
+    env = fleet_container()["env"]
+    names = [var["name"] for var in env]
+    assert {"REGCACHE_FLEET", "REGCACHE_DATABASE_URL", "REGCACHE_OBJECT_STORAGE"} <= set(names)
+    [pod_ip] = [v for v in env if v.get("valueFrom", {}).get("fieldRef")]
+    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    for var in env:
+        for ref in re.findall(r"\$\(([^)]+)\)", var.get("value", "")):
+            assert ref in names[: names.index(var["name"])], f"{var['name']} uses $({ref})"
+    [fleet] = [v for v in env if v["name"] == "REGCACHE_FLEET"]
+    assert f"$({pod_ip['name']})" in fleet["value"]
+    resolved = fleet_environment()
+    assert "$(" not in "".join(resolved.values()), "an unresolved reference"
+    assert json.loads(resolved["REGCACHE_FLEET"])["address"] == f"http://{POD_IP}:{listen_port()}"
+
+
+def test_fleet_settings_load_with_regcache(fleet_settings: Settings) -> None:
+    """regcache reads the fleet, the database and the object storage from the environment."""
+    secret = fleet_obj("Secret")["stringData"]
+    config_map = fleet_obj("ConfigMap")["data"]
+    s = fleet_settings
+    assert s.fleet is not None
+    port = split_listen(s.listen)[1]
+    assert port == fleet_container()["ports"][0]["containerPort"]
+    assert s.fleet.address == f"http://{POD_IP}:{port}"
+    assert s.fleet.token.get_secret_value() == secret["fleet-token"]
+    assert s.database_url is not None
+    assert s.database_url.get_secret_value() == secret["database-url"]
+    assert s.database_url.get_secret_value().startswith("postgresql://")
+    storage = s.object_storage
+    assert storage is not None
+    assert storage.endpoint_url == config_map["s3-endpoint-url"]
+    assert storage.bucket == config_map["s3-bucket"]
+    assert storage.region == config_map["s3-region"]
+    assert storage.access_key == secret["s3-access-key"]
+    assert storage.secret_key is None, "the secret key comes from a file"
+    assert s.admin_token is not None
+    assert s.admin_token.get_secret_value() == secret["admin-token"]
+    assert s.data_dir == Path(option(fleet_container()["args"], "--data-dir"))
+    assert {u.prefix for u in s.upstreams} == {"docker.io", "ghcr.io", "quay.io"}
+
+
+def test_fleet_secret_files_are_mounted_where_the_settings_read_them(
+    fleet_settings: Settings,
+) -> None:
+    """The S3 secret key and the Docker Hub token are files from the Secret."""
+    secret = fleet_obj("Secret")
+    storage = fleet_settings.object_storage
+    assert storage is not None and storage.secret_key_file is not None
+    hub = next(u for u in fleet_settings.upstreams if u.name == "dockerhub")
+    for volume_name, path, key in (
+        ("s3", storage.secret_key_file, "s3-secret-key"),
+        ("dockerhub", hub.password_file, "dockerhub-token"),
+    ):
+        source = fleet_volume(volume_name)["secret"]
+        assert source["secretName"] == secret["metadata"]["name"]
+        files = {Path(fleet_mount(volume_name)) / i["path"]: i["key"] for i in source["items"]}
+        assert files.get(path) == key, volume_name
+        assert key in secret["stringData"]
+    config = fleet_volume("config")["configMap"]
+    assert config["name"] == fleet_obj("ConfigMap")["metadata"]["name"]
+    assert Path(fleet_mount("config")) / "regcache.yaml" == Path(
+        option(fleet_container()["args"], "--config")
+    )
+
+
+def test_fleet_service_budget_and_policy_select_the_pods() -> None:
+    """Service, PodDisruptionBudget and NetworkPolicy select the fleet's pods; the budget
+    keeps two of three; the policy lets replicas reach each other, PostgreSQL and S3."""
+    deployment = fleet_obj("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    service = fleet_obj("Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert "sessionAffinity" not in service["spec"]
+    [service_port] = service["spec"]["ports"]
+    assert service_port["port"] == listen_port()
+    budget = fleet_obj("PodDisruptionBudget")["spec"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    assert 1 < budget["minAvailable"] < deployment["spec"]["replicas"]
+    policy = fleet_obj("NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    egress = {
+        (p.get("protocol", "TCP"), p["port"]) for rule in policy["egress"] for p in rule["ports"]
+    }
+    assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 5432), ("TCP", 5000)}
+    [peers] = [r for r in policy["egress"] if any(p["port"] == 5000 for p in r["ports"])]
+    assert peers["to"][0]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_readme_documents_the_fleet() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    assert "## Three replicas on S3 and PostgreSQL" in readme
+    assert "kubernetes/fleet" in readme

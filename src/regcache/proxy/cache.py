@@ -142,6 +142,9 @@ class PullThrough:
             if address is not None:
                 takeover = partial(self._takeover, remote, digest)
                 return Relay(self.fleet, digest, address, declared, takeover), "relayed"
+            if meta.blob_cached(digest):  # stored by a replica that let go of it just now
+                self.fleet.release(digest)
+                return digest, "hit"
         return self._download(remote, digest), "miss"
 
     def _download(self, remote: Remote, digest: Digest) -> Download:
@@ -172,6 +175,9 @@ class PullThrough:
             if address is not None:
                 relay.address = address
                 return None
+            if self.registry.meta.blob_cached(digest):
+                self.fleet.release(digest)
+                return partial(read_blob, self.registry.blobs, digest)
             download = self._download(remote, digest)
         return lambda position: download.read(position, relay.size)
 

@@ -76,12 +76,14 @@ class Fleet:
         )
         if owner == self.replica:
             self._owned.add(digest)
+            log.info("this replica downloads %s", digest)
             return None
         return address
 
     def release(self, digest: Digest) -> None:
         self._owned.discard(digest)
         self.leases.release(str(digest), self.replica)
+        log.info("this replica let go of %s", digest)
 
     async def read(self, address: str, digest: Digest, start: int) -> AsyncIterator[bytes]:
         """Bytes of `digest` from `start`, as the replica at `address` has them."""

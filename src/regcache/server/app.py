@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 
 from regcache.config import Settings
-from regcache.errors import RegistryError
+from regcache.errors import ErrorCode, RegistryError
 from regcache.metrics import Metrics, gauge
 from regcache.proxy.cache import PullThrough
 from regcache.proxy.fleet import Fleet
@@ -53,7 +53,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(error)
     except (web.HTTPException, ResponseAborted):
         raise
-    except Exception:
+    except Exception as exc:
+        gone = request.transport is None or request.transport.is_closing()
+        if isinstance(exc, ConnectionResetError) and gone:
+            # The client hung up mid-request (a body cut short): nobody to answer, no error.
+            log.info("client left during %s %s", request.method, request.path)
+            return error_response(RegistryError(ErrorCode.SIZE_INVALID, "request cut off"))
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.Response(
             status=500,
@@ -148,6 +153,8 @@ def create_app(settings: Settings) -> web.Application:
                 asyncio.create_task(_every(PULL_FLUSH_INTERVAL, shares.flush)),
                 asyncio.create_task(_every(settings.gc_interval, partial(_gc, registry, metrics))),
             ]
+            if fleet is not None:
+                chores.append(asyncio.create_task(fleet.run()))
             yield
             for chore in chores:
                 chore.cancel()

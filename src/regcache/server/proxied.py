@@ -17,7 +17,6 @@ from regcache.server.blobs import blob_response, byte_range
 from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, SHARES
 from regcache.server.listings import referrers_response
 from regcache.server.manifests import manifest_response
-from regcache.store.metadata import CACHED
 from regcache.upstream import UpstreamError
 
 
@@ -76,11 +75,8 @@ async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.Stream
         return response
     _note(request, "blob", outcome)
     if isinstance(source, Relay):
-        response = await _stream(request, digest, source.size, source.chunks)
-    else:
-        response = await follow(request, source)
-    request.app[REGISTRY].meta.link_blob(remote.local, digest, CACHED)
-    return response
+        return await _stream(request, digest, source.size, source.chunks)
+    return await follow(request, source)  # the download records the blob once it is stored
 
 
 def _served_bytes(request: web.Request, size: int) -> int:
