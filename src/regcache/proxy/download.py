@@ -26,16 +26,22 @@ from regcache.store.metadata import CACHED
 from regcache.upstream import UpstreamError
 
 log = logging.getLogger("regcache.download")
+MAX_IOVECS = 512  # chunks written with one writev (the system allows 1024)
 FOLLOW_CHUNK = 256 * 1024  # bytes per read for a reader following a download
 
 Fetch = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
 
 
-def _write_all(fd: int, data: bytes, hasher: Hasher) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    hasher.update(data)
+def _write_all(fd: int, chunks: list[bytes], hasher: Hasher) -> None:
+    """Append `chunks` to the file and the hash, without joining them first."""
+    for chunk in chunks:
+        hasher.update(chunk)
+    while chunks:
+        written = os.writev(fd, chunks)
+        while chunks and written >= len(chunks[0]):
+            written -= len(chunks.pop(0))
+        if chunks and written:
+            chunks[0] = chunks[0][written:]
 
 
 async def read_blob(blobs: BlobBackend, digest: Digest, start: int) -> AsyncIterator[bytes]:
@@ -146,13 +152,16 @@ class Download:
         self.started.set()  # readers may open the file now
         try:
             try:
-                pending = bytearray()
+                pending: list[bytes] = []
+                size = 0
                 async for chunk in response.content.iter_any():
-                    pending += chunk
-                    if len(pending) >= CHUNK:
-                        await self._flush(fd, pending, hasher, upload)
+                    pending.append(chunk)
+                    size += len(chunk)
+                    if size >= CHUNK or len(pending) >= MAX_IOVECS:
+                        await self._flush(fd, pending, size, hasher, upload)
+                        pending, size = [], 0
                 if pending:
-                    await self._flush(fd, pending, hasher, upload)
+                    await self._flush(fd, pending, size, hasher, upload)
             finally:
                 os.close(fd)
             if self.size is not None and self.written != self.size:
@@ -172,12 +181,16 @@ class Download:
             raise
 
     async def _flush(
-        self, fd: int, pending: bytearray, hasher: Hasher, upload: BlobUpload | None
+        self,
+        fd: int,
+        pending: list[bytes],
+        size: int,
+        hasher: Hasher,
+        upload: BlobUpload | None,
     ) -> None:
-        data = bytes(pending)
-        await asyncio.to_thread(_write_all, fd, data, hasher)
-        self.written += len(pending)
-        pending.clear()
+        data = b"".join(pending) if upload is not None else b""
+        await asyncio.to_thread(_write_all, fd, pending, hasher)
+        self.written += size
         self._notify()
         if upload is not None:
             await asyncio.to_thread(upload.add, data)

@@ -49,11 +49,14 @@ def file_response(path: Path, digest: Digest) -> web.FileResponse:
 
 def byte_range(request: web.Request, size: int) -> tuple[int, int]:
     """The `[start, end)` of a blob of `size` bytes that a request's `Range` asks for (all of
-    it without one, or with one that cannot be parsed); 416 if none of it exists."""
+    it without one); 416 for a range that is malformed or that none of the blob satisfies,
+    as aiohttp answers for a file."""
     try:
         wanted = request.http_range
     except ValueError:
-        wanted = slice(None, None)
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={"Content-Range": f"bytes */{size}"}
+        ) from None
     start, stop = wanted.start, wanted.stop
     if start is None and stop is None:
         return 0, size
