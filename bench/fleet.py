@@ -10,7 +10,6 @@ See bench/README.md ("Fleet") for what each scenario measures.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import itertools
 import json
@@ -28,14 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from load import LoadError, _pull  # noqa: E402
+import report  # noqa: E402
+from load import LoadError, pull  # noqa: E402
 from report import Metric, machine  # noqa: E402
 from run import regcache_version  # noqa: E402
 from targets import TAG, Published, TargetError, Upstream  # noqa: E402
@@ -83,41 +82,15 @@ def metrics(p: Params) -> list[Metric]:
     ]
 
 
-class Results:
-    """Samples (or an error) per metric and replica count, plus details for the JSON."""
+class Results(report.Results):
+    """The samples of `report.Results`, with the replica counts as its targets ("1", "3")."""
 
     def __init__(self, rows: Iterable[Metric], counts: tuple[int, int]) -> None:
-        self.metrics = {metric.key: metric for metric in rows}
+        super().__init__(rows)
         self.counts = counts
-        self.samples: dict[str, dict[int, list[float]]] = {key: {} for key in self.metrics}
-        self.errors: dict[str, dict[int, str]] = {key: {} for key in self.metrics}
-        self.details: dict[str, dict[str, list[Any]]] = {}
-        self.failures: list[tuple[int, str, str]] = []  # replicas, scenario, message
-
-    def add(self, key: str, count: int, samples: list[float]) -> None:
-        self.samples[key][count] = samples
-
-    def detail(self, name: str, count: int, value: Any) -> None:
-        self.details.setdefault(name, {}).setdefault(str(count), []).append(value)
-
-    def fail(self, scenario: str, keys: Iterable[str], count: int, message: str) -> None:
-        self.failures.append((count, scenario, message))
-        for key in keys:
-            if count not in self.samples[key]:
-                self.errors[key].setdefault(count, f"{scenario}: {message}")
-
-    def value(self, key: str, count: int) -> float | None:
-        samples = self.samples[key].get(count)
-        return self.metrics[key].summary(samples) if samples else None
-
-    def cell(self, key: str, count: int) -> str:
-        value = self.value(key, count)
-        if value is not None:
-            return self.metrics[key].show(value)
-        return "failed" if count in self.errors[key] else "—"
 
     def ratio(self, key: str) -> str:
-        one, many = (self.value(key, count) for count in self.counts)
+        one, many = (self.value(key, str(count)) for count in self.counts)
         if one is None or many is None or not one:
             return "—"
         return f"{many / one:.2f}x"
@@ -132,11 +105,11 @@ class Results:
                 "replicas": {
                     str(count): (
                         {"samples": samples, "value": metric.summary(samples)}
-                        if (samples := self.samples[key].get(count))
-                        else {"error": self.errors[key][count]}
+                        if (samples := self.samples[key].get(str(count)))
+                        else {"error": self.errors[key][str(count)]}
                     )
                     for count in self.counts
-                    if count in self.samples[key] or count in self.errors[key]
+                    if str(count) in self.samples[key] or str(count) in self.errors[key]
                 },
             }
         failures = [
@@ -151,7 +124,7 @@ class Results:
         lines = [*header, "", f"| scenario | unit | {' | '.join(names)} |"]
         lines.append("|---|---|" + "---:|" * len(names))
         for key, metric in self.metrics.items():
-            cells = [self.cell(key, count) for count in self.counts] + [self.ratio(key)]
+            cells = [self.cell(key, str(count)) for count in self.counts] + [self.ratio(key)]
             arrow = "↑" if metric.higher_is_better else "↓"
             lines.append(f"| {metric.label} | {metric.unit} {arrow} | {' | '.join(cells)} |")
         if self.failures:
@@ -237,28 +210,6 @@ def _try_start(replica: Regcache) -> str | None:
     return None
 
 
-def spread_pull(
-    bases: list[str], repo: str, ref: str, *, clients: int, blob_concurrency: int, timeout: float
-) -> float:
-    """Wall seconds for `clients` concurrent verifying pulls (load.py's client), client `i`
-    pulling from `bases[i % len(bases)]`."""
-
-    async def run() -> float:
-        start = time.perf_counter()
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(
-                *(_pull(bases[i % len(bases)], repo, ref, blob_concurrency) for i in range(clients))
-            )
-        return time.perf_counter() - start
-
-    try:
-        return asyncio.run(run())
-    except TimeoutError as exc:
-        raise LoadError(f"{clients} pulls of {repo}:{ref} took over {timeout} s") from exc
-    except aiohttp.ClientError as exc:
-        raise LoadError(f"pulling {repo}:{ref}: {exc!r}") from exc
-
-
 class Bench:
     """The upstream with its image, the engines, fleets on demand, and the results."""
 
@@ -307,7 +258,7 @@ class Bench:
         """Wall seconds for the concurrent pulls of the image, spread over the replicas."""
         p, image = self.params, self.image
         assert image is not None
-        return spread_pull(
+        return pull(
             fleet.urls,
             image.repo,
             TAG,
@@ -317,7 +268,7 @@ class Bench:
         )
 
     def add(self, key: str, count: int, samples: list[float]) -> None:
-        self.results.add(key, count, samples)
+        self.results.add(key, str(count), samples)
         metric = self.results.metrics[key]
         shown = ", ".join(metric.show(s) for s in samples)
         self.log(f"{count} replica(s): {metric.label}: {shown} {metric.unit}")
@@ -361,7 +312,7 @@ def run_count(b: Bench, count: int) -> None:
                 samples["cold_x"].append(traffic.blob_bytes / image.blob_bytes)
                 samples["cold_gets"].append(sum(gets.values()))
                 samples["cold_max_gets"].append(max(gets.values(), default=0))
-                b.results.detail("cold_gets_per_digest", count, dict(gets))
+                b.results.detail("cold_gets_per_digest", str(count), dict(gets))
                 if rep < p.reps - 1:
                     continue
                 for key, values in samples.items():
@@ -376,22 +327,22 @@ def run_count(b: Bench, count: int) -> None:
                 total = p.clients * image.blob_bytes / MIB
                 b.add("warm_mibs", count, [total / s for s in seconds])
                 b.add("warm_s", count, seconds)
-                b.results.detail("warm_upstream_requests", count, upstream_requests)
+                b.results.detail("warm_upstream_requests", str(count), upstream_requests)
     except Exception as exc:
         lines = str(exc).strip().splitlines() or [""]
         message = f"{type(exc).__name__}: {lines[0][:300]}"
         b.log(f"{count} replica(s): {scenario} FAILED: {message}")
-        b.results.fail(scenario, COLD_KEYS + WARM_KEYS, count, message)
+        b.results.fail(scenario, COLD_KEYS + WARM_KEYS, str(count), message)
 
 
 def check_single_download(results: Results) -> None:
     """A failure for each cold run in which the upstream did not send the image's blob bytes
     exactly once (one upstream download per digest across the fleet)."""
     for count in results.counts:
-        for i, ratio in enumerate(results.samples["cold_x"].get(count, [])):
+        for i, ratio in enumerate(results.samples["cold_x"].get(str(count), [])):
             if round(ratio, 2) != 1.0:
                 results.failures.append(
-                    (count, "one upstream download per digest", f"run {i + 1}: {ratio:.2f}x")
+                    (str(count), "one upstream download per digest", f"run {i + 1}: {ratio:.2f}x")
                 )
 
 
@@ -485,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         "regcache": version,
         "params": run,
         "medians": {
-            key: {str(c): results.value(key, c) for c in results.counts} for key in results.metrics
+            key: {str(c): results.value(key, str(c)) for c in results.counts}
+            for key in results.metrics
         },
         **results.to_json(),
         "markdown": table,

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,25 @@ async def _pull(base: str, repo: str, ref: str, blob_concurrency: int) -> None:
 
 
 def pull(
-    base: str, repo: str, ref: str, *, clients: int, blob_concurrency: int, timeout: float
+    base: str | Sequence[str],
+    repo: str,
+    ref: str,
+    *,
+    clients: int,
+    blob_concurrency: int,
+    timeout: float,
 ) -> float:
-    """Wall seconds for `clients` concurrent pulls of `repo:ref`, each on its own connections."""
+    """Wall seconds for `clients` concurrent pulls of `repo:ref`, each on its own connections;
+    given several base URLs, client `i` pulls from the `i`-th, round robin."""
+    bases = [base] if isinstance(base, str) else list(base)
 
     async def run() -> float:
         start = time.perf_counter()
         async with asyncio.timeout(timeout):
             await asyncio.gather(
-                *(_pull(base, repo, ref, blob_concurrency) for _ in range(clients))
-            )
+                *(_pull(bases[i % len(bases)], repo, ref, blob_concurrency)
+                  for i in range(clients))
+            )  # fmt: skip
         return time.perf_counter() - start
 
     try:
