@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -114,6 +115,20 @@ class Database(ABC):
     def _set_schema_version(self, version: int) -> None: ...
 
 
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """Put the database in WAL mode. Several processes opening a new file at once may find it
+    locked: SQLite does not wait for the lock when it changes the journal mode, so this does."""
+    deadline = time.monotonic() + LOCK_WAIT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteDatabase(Database):
     """A SQLite file in WAL mode; `BEGIN IMMEDIATE` makes a transaction the only writer."""
 
@@ -127,7 +142,7 @@ class SQLiteDatabase(Database):
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
-        db.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
         self._db = db
 
