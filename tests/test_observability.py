@@ -86,13 +86,17 @@ def test_metrics_count_a_cold_then_a_warm_pull(setup: tuple[Regcache, Image]) ->
 def test_one_json_line_per_request_and_per_upstream_call(setup: tuple[Regcache, Image]) -> None:
     cache, image = setup
     pull(cache, image)
+    pull(cache, image)  # from the cache, if an earlier test did not fill it already
     lines = [json.loads(line) for line in cache.log().splitlines() if line.startswith("{")]
     access = [e for e in lines if e["logger"] == "regcache.access"]
-    blob = next(e for e in access if e.get("reference") == image.blobs[-1].digest)
-    assert blob["repository"] == "docker.io/library/app" and blob["tenant"] == "default"
-    assert blob["method"] == "GET" and blob["status"] == 200 and blob["client"] == "127.0.0.1"
-    assert blob["cache"] in ("hit", "miss") and blob["bytes"] >= image.blobs[-1].size
-    assert blob["duration"] >= 0
+    blob_lines = [e for e in access if e.get("reference") == image.blobs[-1].digest]
+    outcomes = [e["cache"] for e in blob_lines]
+    assert outcomes[0] == "miss" and set(outcomes[1:]) == {"hit"}
+    for blob in blob_lines:  # bytes on the wire: the headers and the whole body, sent either way
+        assert blob["repository"] == "docker.io/library/app" and blob["tenant"] == "default"
+        assert blob["method"] == "GET" and blob["status"] == 200 and blob["client"] == "127.0.0.1"
+        assert image.blobs[-1].size < blob["bytes"] < image.blobs[-1].size + 1024
+        assert blob["duration"] >= 0
     upstream = [e for e in lines if e["logger"] == "regcache.upstream"]
     assert upstream and all(e["upstream"] == "hub" and "status" in e for e in upstream)
 

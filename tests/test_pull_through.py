@@ -17,7 +17,13 @@ import requests
 from tooling.dockerhub import DockerHub
 from tooling.images import make_artifact, make_image, make_index
 from tooling.oci import OCI_MANIFEST, Client, errors_of
-from tooling.peers import DockerRegistry, layout_blob_digests, pull_to_layout, push_layout
+from tooling.peers import (
+    DockerRegistry,
+    layout_blob_digests,
+    pull_to_layout,
+    push_layout,
+    self_signed_certificate,
+)
 from tooling.server import Regcache
 
 pytestmark = pytest.mark.peers
@@ -209,6 +215,56 @@ def test_stale_copies_are_served_when_upstream_is_down(world, tmp_path) -> None:
                 missing.status_code == 502
                 and "unavailable" in missing.json()["errors"][0]["message"]
             )
+
+
+def test_an_https_upstream_is_checked_against_its_own_ca(world, tmp_path) -> None:
+    """Manifests and blob bodies (which a worker thread reads) both come over TLS, trusting
+    the configured CA file, and fail cleanly without it."""
+    _, _, images = world
+    with DockerRegistry(tmp_path / "upstream") as plain:
+        push_layout(images.layout, "app", plain.url, "org/app")
+    cert, key = self_signed_certificate(tmp_path)
+    with DockerRegistry(tmp_path / "upstream", tls=(cert, key)) as upstream:
+        assert upstream.url.startswith("https://")
+        for trusted in (True, False):
+            work = tmp_path / f"rc-{trusted}"
+            work.mkdir()
+            tls = {"name": "tls", "url": upstream.url, "prefix": "tls.local", "retries": 0}
+            if trusted:
+                tls["ca_file"] = str(cert)
+            (work / "config.json").write_text(json.dumps({"upstreams": [tls]}))
+            with Regcache(work, config=work / "config.json") as cache:
+                upstream.reset_log_position()
+                layer = images.app.blobs[-1].digest
+                if trusted:
+                    assert pull(cache.url, "tls.local/org/app", "app") == images.app.digest
+                    got = {e.blob_digest for e in upstream.requests() if e.method == "GET"}
+                    assert got >= {blob.digest for blob in images.app.blobs}
+                    continue
+                for path in ("manifests/app", f"blobs/{layer}"):
+                    refused = requests.get(f"{cache.url}/v2/tls.local/org/app/{path}", timeout=30)
+                    assert refused.status_code == 502, path
+                    message = refused.json()["errors"][0]["message"]
+                    assert "unavailable" in message and "Cert" in message, message
+                assert upstream.requests() == []  # no request got past the TLS handshake
+
+
+def test_blobs_are_served_under_uvloop_without_sendfile(world, tmp_path) -> None:
+    """uvloop's transports have no sendfile: downloads followed and stored blobs are then
+    copied in chunks, whole and by range."""
+    upstream, hub, images = world
+    config = write_config(tmp_path / "regcache.json", hub, upstream)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "event_loop": "uvloop"}))
+    with Regcache(tmp_path, config=config) as cache:
+        for _ in range(2):  # cold, through the download; then warm, from the store
+            assert pull(cache.url, "registry.local/org/app", "1.0.0") == images.app.digest
+        layer = images.app.blobs[-1]
+        whole = requests.get(f"{cache.url}/v2/registry.local/org/app/blobs/{layer.digest}")
+        part = requests.get(
+            f"{cache.url}/v2/registry.local/org/app/blobs/{layer.digest}",
+            headers={"Range": "bytes=1000-70999"},
+        )
+        assert part.status_code == 206 and part.content == whole.content[1000:71000]
 
 
 def test_routing_rules(world, cache) -> None:

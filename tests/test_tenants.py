@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from tooling.clients import Dockerd, Podman
 from tooling.dockerhub import DockerHub
 from tooling.images import Image, make_image
 from tooling.oci import Client, errors_of
-from tooling.peers import DockerRegistry, PeerError, free_port, push_layout
+from tooling.peers import DockerRegistry, PeerError, free_port, push_layout, self_signed_certificate
 from tooling.server import Regcache
 
 pytestmark = pytest.mark.peers
@@ -340,13 +339,7 @@ def test_downloads_at_once_are_capped_per_upstream(world: World, tmp_path: Path)
 
 
 def test_tls_serving(world: World, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
-         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     with configured(world, tmp_path / "rc", [], tls_cert=str(cert), tls_key=str(key)) as server:
         assert server.url.startswith("https://")
         response = requests.get(f"{server.url}/v2/", verify=str(cert))

@@ -11,6 +11,11 @@ from enum import Enum
 from typing import Any
 
 
+class TransferFailed(Exception):
+    """The bytes of a blob on their way to a client could not be completed correctly; a
+    response already under way is cut off, never completed wrongly."""
+
+
 class ErrorCode(Enum):
     """A distribution-spec error code with its default HTTP status and message."""
 

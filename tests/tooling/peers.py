@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -73,6 +74,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no system CA signed, and its key: `cert.pem`, `key.pem`."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def http_request(
     method: str,
     url: str,
@@ -81,9 +94,16 @@ def http_request(
     *,
     timeout: float = 60,
 ) -> tuple[int, dict[str, str], bytes]:
-    """One proxy-free HTTP request on its own connection: status, headers, body."""
+    """One proxy-free HTTP request on its own connection: status, headers, body. An https
+    peer's certificate is not checked (test peers have certificates of their own)."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+    conn = (
+        http.client.HTTPSConnection(
+            parts.netloc, timeout=timeout, context=ssl._create_unverified_context()
+        )
+        if parts.scheme == "https"
+        else http.client.HTTPConnection(parts.netloc, timeout=timeout)
+    )
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.request(method, target, body=body, headers=headers or {})
@@ -129,13 +149,19 @@ class DockerRegistry:
     """docker-registry serving from `workdir`, optionally as a pull-through proxy."""
 
     def __init__(
-        self, workdir: Path, *, proxy_remote: str | None = None, port: int | None = None
+        self,
+        workdir: Path,
+        *,
+        proxy_remote: str | None = None,
+        port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.workdir = workdir
         self.proxy_remote = proxy_remote
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
+        self.tls = tls  # certificate and key: serve https
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
         self.config_path = workdir / "registry.yml"
         self.log_path = workdir / "registry.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -165,6 +191,9 @@ class DockerRegistry:
             },
             "http": {"addr": self.host},
         }
+        if self.tls is not None:
+            cert, key = self.tls
+            config["http"]["tls"] = {"certificate": str(cert), "key": str(key)}
         if self.proxy_remote:
             config["proxy"] = {"remoteurl": self.proxy_remote}
         self.config_path.write_text(yaml.safe_dump(config))

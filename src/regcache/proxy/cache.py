@@ -13,11 +13,11 @@ from regcache.errors import ErrorCode, RegistryError
 from regcache.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
 from regcache.metrics import Metrics
 from regcache.policy import is_pinned_tag
-from regcache.proxy.download import Download, Downloads, read_blob
+from regcache.proxy.download import Download, Downloads
 from regcache.proxy.fleet import Fleet, Relay, Source
 from regcache.proxy.router import Remote
 from regcache.registry import Registry
-from regcache.store import StoredManifest
+from regcache.store import StoredManifest, read_blob
 from regcache.store.metadata import CACHED
 from regcache.upstream import UpstreamError
 
@@ -32,7 +32,7 @@ class PullThrough:
         self.registry = registry
         self.metrics = metrics
         self.fleet = fleet
-        self.downloads = Downloads(registry)
+        self.downloads = Downloads(registry, metrics.bytes.labels("upstream").inc)
         self._manifest_fetches: dict[tuple[str, str], asyncio.Task[StoredManifest]] = {}
 
     # manifests
@@ -150,13 +150,10 @@ class PullThrough:
     def _download(self, remote: Remote, digest: Digest) -> Download:
         """Start the one download of `digest` from the upstream."""
         meta = self.registry.meta
-
-        def committed(download: Download) -> None:
-            meta.link_blob(remote.local, digest, CACHED)
-            self.metrics.bytes.labels("upstream").inc(download.written)
-
         download = self.downloads.join(
-            digest, lambda: remote.upstream.download(remote.name, digest), committed
+            digest,
+            lambda: remote.upstream.download(remote.name, digest),
+            lambda: meta.link_blob(remote.local, digest, CACHED),
         )
         if self.fleet is not None:
             fleet = self.fleet

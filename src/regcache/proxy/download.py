@@ -1,10 +1,10 @@
 """Single-flight blob downloads, streamed to every reader while they are written.
 
 One `Download` per digest fetches from the upstream into a temporary file, hashing as it
-goes; readers follow the file as it grows. The last byte of any response is held back until
-the digest is verified, so a download that turns out wrong cuts every reader off instead of
-completing a corrupt body. The download runs as its own task: a reader that goes away does
-not stop it for the others.
+goes, on a worker thread; readers follow the file as it grows (with sendfile). The last byte
+of any response is held back until the digest is verified, so a download that turns out wrong
+cuts every reader off instead of completing a corrupt body. The download runs as its own task:
+a reader that goes away does not stop it for the others.
 """
 
 from __future__ import annotations
@@ -12,57 +12,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-
-import aiohttp
+from typing import BinaryIO
 
 from regcache.digest import CHUNK, Digest, Hasher
-from regcache.errors import RegistryError
+from regcache.errors import RegistryError, TransferFailed
 from regcache.registry import Registry
-from regcache.store import BlobBackend, BlobUpload
+from regcache.store import BlobBackend, BlobUpload, read_blob
 from regcache.store.metadata import CACHED
 from regcache.upstream import UpstreamError
+from regcache.upstream.blocking import BlockingResponse
 
 log = logging.getLogger("regcache.download")
-MAX_IOVECS = 512  # chunks written with one writev (the system allows 1024)
 FOLLOW_CHUNK = 256 * 1024  # bytes per read for a reader following a download
 
-Fetch = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
+Fetch = Callable[[], AbstractAsyncContextManager[BlockingResponse]]
 
 
-def _write_all(fd: int, chunks: list[bytes], hasher: Hasher) -> None:
-    """Append `chunks` to the file and the hash, without joining them first."""
-    for chunk in chunks:
-        hasher.update(chunk)
-    while chunks:
-        written = os.writev(fd, chunks)
-        while chunks and written >= len(chunks[0]):
-            written -= len(chunks.pop(0))
-        if chunks and written:
-            chunks[0] = chunks[0][written:]
+def _write_all(fd: int, data: memoryview) -> None:
+    """Append all of `data` to the file."""
+    while data:
+        data = data[os.write(fd, data) :]
 
 
-async def read_blob(blobs: BlobBackend, digest: Digest, start: int) -> AsyncIterator[bytes]:
-    """A stored blob's bytes from `start`, from whichever store holds it."""
-    stream = await asyncio.to_thread(blobs.reader, digest, start)
-    try:
-        while data := await asyncio.to_thread(stream.read, CHUNK):
-            yield data
-    finally:
-        await asyncio.to_thread(stream.close)
-
-
-class DownloadFailed(Exception):
+class DownloadFailed(TransferFailed):
     """The download stopped before its content was verified."""
 
 
 class Download:
     """One upstream blob download in flight."""
 
-    def __init__(self, digest: Digest, temp: Path, blobs: BlobBackend) -> None:
+    def __init__(
+        self, digest: Digest, temp: Path, blobs: BlobBackend, received: Callable[[int], None]
+    ) -> None:
         self.digest = digest
+        self.received = received  # told of every upstream byte as it arrives
         self.temp = temp
         self.blobs = blobs
         self.size: int | None = None
@@ -103,35 +90,41 @@ class Download:
                 return limit
             await self._changed.wait()
 
+    def open(self) -> BinaryIO | None:
+        """The file being written, to follow; None once the download has finished with it."""
+        try:
+            return self.temp.open("rb")
+        except FileNotFoundError:
+            return None
+
+    async def spans(self, start: int, end: int) -> AsyncIterator[tuple[int, int]]:
+        """The spans of `start` to `end`, each as soon as the file holds it and it may be sent."""
+        position = start
+        while position < end:
+            limit = await self.available(position, end)
+            yield position, limit
+            position = limit
+
     async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
         """The bytes `start` to `end` as they are written (`FOLLOW_CHUNK` at a time: memory
         stays bounded however many readers there are); once the download has finished and
         its file is gone, from the store."""
-        try:
-            fd = os.open(self.temp, os.O_RDONLY)
-        except FileNotFoundError:
+        file = self.open()
+        if file is None:
             await self.stored()
-            position = start
-            async for data in read_blob(self.blobs, self.digest, start):
-                yield data[: end - position]
-                position += len(data)
-                if position >= end:
-                    return
+            async for data in read_blob(self.blobs, self.digest, start, end):
+                yield data
             return
-        try:
-            position = start
-            while position < end:
-                limit = await self.available(position, end)
+        with file:
+            async for position, limit in self.spans(start, end):
                 while position < limit:
-                    data = os.pread(fd, min(FOLLOW_CHUNK, limit - position), position)
+                    data = os.pread(file.fileno(), min(FOLLOW_CHUNK, limit - position), position)
                     if not data:
                         raise DownloadFailed("blob file ended early")
                     position += len(data)
                     yield data
-        finally:
-            os.close(fd)
 
-    async def run(self, response: aiohttp.ClientResponse, registry: Registry) -> None:
+    async def run(self, response: BlockingResponse, registry: Registry) -> None:
         """Copy the upstream body to disk within the budget, verify it, commit it."""
         reserved = response.content_length or 0
         await registry.make_room(reserved, CACHED)
@@ -142,7 +135,7 @@ class Download:
         finally:
             registry.budget.release(reserved)
 
-    async def _copy(self, response: aiohttp.ClientResponse, blobs: BlobBackend) -> None:
+    async def _copy(self, response: BlockingResponse, blobs: BlobBackend) -> None:
         """Write the body to the temp file (and, with object storage, upload it in parts as it
         comes), verify it, release readers, then store it."""
         self.size = response.content_length
@@ -152,16 +145,7 @@ class Download:
         self.started.set()  # readers may open the file now
         try:
             try:
-                pending: list[bytes] = []
-                size = 0
-                async for chunk in response.content.iter_any():
-                    pending.append(chunk)
-                    size += len(chunk)
-                    if size >= CHUNK or len(pending) >= MAX_IOVECS:
-                        await self._flush(fd, pending, size, hasher, upload)
-                        pending, size = [], 0
-                if pending:
-                    await self._flush(fd, pending, size, hasher, upload)
+                self.written = await self._receive(response, fd, hasher, upload)
             finally:
                 os.close(fd)
             if self.size is not None and self.written != self.size:
@@ -180,20 +164,39 @@ class Download:
                 await asyncio.to_thread(upload.abort)
             raise
 
-    async def _flush(
-        self,
-        fd: int,
-        pending: list[bytes],
-        size: int,
-        hasher: Hasher,
-        upload: BlobUpload | None,
-    ) -> None:
-        data = b"".join(pending) if upload is not None else b""
-        await asyncio.to_thread(_write_all, fd, pending, hasher)
-        self.written += size
-        self._notify()
-        if upload is not None:
-            await asyncio.to_thread(upload.add, data)
+    async def _receive(
+        self, response: BlockingResponse, fd: int, hasher: Hasher, upload: BlobUpload | None
+    ) -> int:
+        """Read, hash and write the body on a worker thread, telling readers how far it got;
+        the bytes never pass through the event loop. Returns how many bytes came."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def advance(total: int) -> None:
+            self.received(total - self.written)
+            self.written = total
+            self._notify()
+
+        def copy() -> int:
+            buffer, total = memoryview(bytearray(CHUNK)), 0
+            while not stop.is_set() and (size := response.readinto(buffer)):
+                data = buffer[:size]
+                hasher.update(data)
+                _write_all(fd, data)
+                if upload is not None:
+                    upload.add(bytes(data))
+                total += size
+                loop.call_soon_threadsafe(advance, total)
+            return total
+
+        worker = asyncio.ensure_future(asyncio.to_thread(copy))
+        try:
+            return await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            stop.set()
+            response.release()  # a read in progress returns now
+            await asyncio.gather(worker, return_exceptions=True)  # the file stays open till then
+            raise
 
     async def stored(self) -> None:
         """Wait until the blob is stored in its final place; raise why it was not."""
@@ -218,8 +221,9 @@ class Download:
 class Downloads:
     """The downloads in flight, at most one per digest."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, received: Callable[[int], None]) -> None:
         self.registry = registry
+        self.received = received
         self.blobs = registry.blobs
         self.active: dict[Digest, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -228,30 +232,25 @@ class Downloads:
         self,
         digest: Digest,
         fetch: Fetch,
-        on_commit: Callable[[Download], None],
+        on_commit: Callable[[], None],
     ) -> Download:
         """The download of `digest`: the one in flight, or a new one started with `fetch`."""
         download = self.active.get(digest)
         if download is None:
-            download = Download(digest, self.blobs.temp_path(), self.blobs)
+            download = Download(digest, self.blobs.temp_path(), self.blobs, self.received)
             self.active[digest] = download
             task = asyncio.create_task(self._run(download, fetch, on_commit))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return download
 
-    async def _run(
-        self, download: Download, fetch: Fetch, on_commit: Callable[[Download], None]
-    ) -> None:
+    async def _run(self, download: Download, fetch: Fetch, on_commit: Callable[[], None]) -> None:
         error: BaseException | None = None
         try:
             async with fetch() as response:
                 await download.run(response, self.registry)
-            on_commit(download)
-        except (
-            UpstreamError, RegistryError, DownloadFailed, aiohttp.ClientError, TimeoutError,
-            OSError,
-        ) as exc:  # fmt: skip
+            on_commit()
+        except (UpstreamError, RegistryError, DownloadFailed, OSError) as exc:
             log.warning("download of %s failed: %s", download.digest, exc)
             error = exc
         except BaseException as exc:

@@ -19,13 +19,14 @@ import aiohttp
 
 from regcache.config import Fleet as FleetSettings
 from regcache.digest import CHUNK, Digest
+from regcache.errors import TransferFailed
 from regcache.store.leases import Leases, Ledger
 
 log = logging.getLogger("regcache.fleet")
 RETRY_PAUSE = 0.2  # seconds between tries to reach a blob's download after its replica failed
 
 
-class RelayFailed(Exception):
+class RelayFailed(TransferFailed):
     """A relayed blob could not be completed correctly."""
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import aiohttp
@@ -22,8 +23,8 @@ from regcache.proxy.router import Router
 from regcache.registry import Registry
 from regcache.server import access, admin, dashboard, distribution, observability, status
 from regcache.server import fleet as fleet_routes
+from regcache.server.blobs import ResponseAborted
 from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, ROUTER, SHARES, TENANTS
-from regcache.server.proxied import ResponseAborted
 from regcache.store.gc import collect_garbage
 from regcache.store.leases import Leases, Ledger
 from regcache.store.shares import Shares
@@ -70,6 +71,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 PULL_FLUSH_INTERVAL = 2.0  # seconds between writes of buffered pull counts
+SHORT_CALL_THREADS = 8  # threads for blocking calls other than download bodies
 
 
 async def _every(seconds: float, chore: Callable[[], object]) -> None:
@@ -143,6 +145,12 @@ def create_app(settings: Settings) -> web.Application:
     metrics.add_collector(partial(_live_gauges, app))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # A download holds a thread for as long as its body takes: room for every upstream's
+        # most downloads at once, besides the short blocking calls everything else makes.
+        threads = sum(u.max_downloads for u in settings.upstreams) + SHORT_CALL_THREADS
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(threads, thread_name_prefix="regcache")
+        )
         registry.open()
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64), auto_decompress=False, trust_env=False

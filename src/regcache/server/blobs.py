@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import BinaryIO
 
 from aiohttp import web
 
 from regcache.digest import CHUNK, Digest
-from regcache.errors import ErrorCode, RegistryError
+from regcache.errors import ErrorCode, RegistryError, TransferFailed
 from regcache.reference import validate_name
 from regcache.server.access import tenant_of
 from regcache.server.keys import REGISTRY
-from regcache.store import BlobBackend, Upload
+from regcache.store import BlobBackend, Upload, read_blob
 from regcache.store.uploads import range_header
 
 log = logging.getLogger("regcache.blobs")
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes )?(\d+)-(\d+)$")
+Chunks = Callable[[int, int], AsyncIterator[bytes]]  # the bytes from `start` to `end`
+Send = Callable[[web.Request, web.StreamResponse, int, int], Awaitable[None]]
 
 
 def _blob_headers(repo: str, digest: Digest) -> dict[str, str]:
@@ -36,15 +40,6 @@ def _upload_headers(request: web.Request, upload: Upload, size: int) -> dict[str
 
 def _has_body(request: web.Request) -> bool:
     return request.body_exists and request.content_length != 0
-
-
-def file_response(path: Path, digest: Digest) -> web.FileResponse:
-    """A stored blob, sent with sendfile; aiohttp answers `Range` with 206 or 416."""
-    return web.FileResponse(
-        path,
-        chunk_size=CHUNK,
-        headers={"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"},
-    )
 
 
 def byte_range(request: web.Request, size: int) -> tuple[int, int]:
@@ -69,61 +64,105 @@ def byte_range(request: web.Request, size: int) -> tuple[int, int]:
     return start, stop
 
 
+class ResponseAborted(Exception):
+    """A response was cut off after its headers went out; the connection is closed."""
+
+
+async def respond(
+    request: web.Request, digest: Digest, size: int, send: Send
+) -> web.StreamResponse:
+    """Answer with the bytes of a blob of `size` bytes that `send` sends, as a whole or for
+    a `Range`. A source that fails after the headers went out cuts the connection: the
+    client must see a cut-off body, never a wrong one."""
+    start, end = byte_range(request, size)
+    response = web.StreamResponse(
+        status=206 if (start, end) != (0, size) else 200,
+        headers={
+            "Docker-Content-Digest": str(digest),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        },
+    )
+    response.content_length = end - start
+    if response.status == 206:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    await response.prepare(request)
+    if request.method != "HEAD":
+        try:
+            await send(request, response, start, end)
+        except (TransferFailed, OSError) as exc:
+            log.warning("%s %s cut off: %s", request.method, request.path, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ResponseAborted(str(exc)) from None
+    await response.write_eof()
+    return response
+
+
+async def send_file(
+    file: BinaryIO, request: web.Request, response: web.StreamResponse, start: int, end: int
+) -> None:
+    """Send the bytes `start` to `end` of an open file with sendfile (no copy through this
+    process; uvloop has none: there, in chunks read from a worker thread)."""
+    if request.transport is None:
+        raise ConnectionResetError("the client went away")
+    loop = asyncio.get_running_loop()
+    try:
+        sent = await loop.sendfile(request.transport, file, start, end - start)
+    except NotImplementedError:
+        await chunk_writer(partial(_file_chunks, file))(request, response, start, end)
+        return
+    request["sent"] = request.get("sent", 0) + sent  # the writer does not see these bytes
+
+
+async def _file_chunks(file: BinaryIO, start: int, end: int) -> AsyncIterator[bytes]:
+    while start < end:
+        data = await asyncio.to_thread(os.pread, file.fileno(), min(CHUNK, end - start), start)
+        if not data:
+            raise OSError(f"file ended {end - start} bytes early")
+        start += len(data)
+        yield data
+
+
+def chunk_writer(chunks: Chunks) -> Send:
+    """Send what a source of chunks yields, through the response."""
+
+    async def send(_: web.Request, response: web.StreamResponse, start: int, end: int) -> None:
+        async for data in chunks(start, end):
+            await response.write(data)
+
+    return send
+
+
 async def blob_response(
     request: web.Request, store: BlobBackend, digest: Digest, size: int | None = None
 ) -> web.StreamResponse:
     """A stored blob: a local file with sendfile; otherwise, for a GET the store allows to
-    redirect, a 307 to a presigned URL; otherwise streamed from the store in bounded chunks,
-    honouring `Range`. `size`, when the caller knows it, saves asking the store."""
+    redirect, a 307 to a presigned URL; otherwise streamed from the store in bounded chunks.
+    `Range` is honoured. `size`, when the caller knows it, saves asking the store."""
     path = store.local_path(digest)
     if path is not None:
-        return file_response(path, digest)
-    headers = {"Docker-Content-Digest": str(digest)}
+        try:
+            file = path.open("rb")
+        except FileNotFoundError:
+            raise _unknown(digest) from None
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            return await respond(request, digest, size, partial(send_file, file))
     url = store.redirect_url(digest) if request.method == "GET" else None
     if url is not None:
-        return web.Response(status=307, headers={**headers, "Location": url})
+        return web.Response(
+            status=307, headers={"Docker-Content-Digest": str(digest), "Location": url}
+        )
     if size is None:
         size = await asyncio.to_thread(store.size, digest)
     if size is None:
-        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to registry")
-    start, end = byte_range(request, size)
-    headers |= {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
-    response = web.StreamResponse(status=200 if (start, end) == (0, size) else 206, headers=headers)
-    response.content_length = end - start
-    if response.status == 206:
-        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    if request.method == "HEAD":
-        await response.prepare(request)
-        return response
-    try:
-        reader = await asyncio.to_thread(store.reader, digest, start, end - start)
-    except FileNotFoundError:
-        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to registry") from None
-    try:
-        await response.prepare(request)
-        await _stream(request, reader, response, end - start)
-    finally:
-        await asyncio.to_thread(reader.close)
-    return response
+        raise _unknown(digest)
+    return await respond(request, digest, size, chunk_writer(partial(read_blob, store, digest)))
 
 
-async def _stream(
-    request: web.Request, reader: BinaryIO, response: web.StreamResponse, length: int
-) -> None:
-    """Copy `length` bytes in chunks read from a thread; on a failure after the headers went
-    out, cut the connection so that the client sees a short body, never a wrong one."""
-    try:
-        while length > 0:
-            data = await asyncio.to_thread(reader.read, min(CHUNK, length))
-            if not data:
-                raise OSError(f"stored blob ended {length} bytes early")
-            await response.write(data)
-            length -= len(data)
-        await response.write_eof()
-    except OSError as exc:
-        log.warning("%s %s cut off: %s", request.method, request.path, exc)
-        if request.transport is not None:
-            request.transport.abort()
+def _unknown(digest: Digest) -> RegistryError:
+    return RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to registry")
 
 
 async def get_blob(request: web.Request, repo: str, arg: str) -> web.StreamResponse:

@@ -38,13 +38,14 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         fields = dict(request.get("log") or {})
+        sent = response.body_length + request.get("sent", 0)  # the writer's bytes + sendfile's
         fields.update(
             client=request.remote, tenant="default", method=request.method, path=request.path,
-            status=response.status, bytes=response.body_length, duration=round(time, 6),
+            status=response.status, bytes=sent, duration=round(time, 6),
         )  # fmt: skip
         self.logger.info(
             '%s "%s %s" %s %s', request.remote, request.method, request.path, response.status,
-            response.body_length, extra=fields,
+            sent, extra=fields,
         )  # fmt: skip
 
 

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import BinaryIO
 
 from aiohttp import web
 
 from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.proxy.download import Download, DownloadFailed
-from regcache.proxy.fleet import Relay, RelayFailed
+from regcache.proxy.fleet import Relay
 from regcache.proxy.router import Remote
 from regcache.reference import parse_reference
 from regcache.server.access import tenant_of
-from regcache.server.blobs import blob_response, byte_range
+from regcache.server.blobs import blob_response, byte_range, chunk_writer, respond, send_file
 from regcache.server.keys import METRICS, PULL_THROUGH, REGISTRY, SHARES
 from regcache.server.listings import referrers_response
 from regcache.server.manifests import manifest_response
 from regcache.upstream import UpstreamError
 
-
-class ResponseAborted(Exception):
-    """A response was cut off after its headers went out; the connection is closed."""
-
-
-Chunks = Callable[[int, int], AsyncIterator[bytes]]
 STALE_WARNING = '110 regcache "Response is Stale: upstream unavailable"'
 
 
@@ -76,7 +71,7 @@ async def get_blob(request: web.Request, remote: Remote, arg: str) -> web.Stream
         return response
     _note(request, "blob", outcome)
     if isinstance(source, Relay):
-        return await _stream(request, digest, source.size, source.chunks)
+        return await respond(request, digest, source.size, chunk_writer(source.chunks))
     return await follow(request, source)  # the download records the blob once it is stored
 
 
@@ -102,51 +97,34 @@ def _failed(download: Download, exc: Exception) -> RegistryError:
 
 
 async def follow(request: web.Request, download: Download) -> web.StreamResponse:
-    """Stream a blob while it downloads, from the first byte or from a `Range`."""
+    """Stream a blob while it downloads, from the first byte or from a `Range`; once the
+    download has finished, serve the stored blob."""
     download.readers += 1
     try:
         try:
             size = await download.wait_started()
-            if size is None:  # no Content-Length upstream: serve once stored
+            if size is None or (file := download.open()) is None:
+                # no Content-Length upstream, or stored already: serve the stored blob
                 await download.stored()
                 blobs = request.app[REGISTRY].blobs
                 return await blob_response(request, blobs, download.digest, download.written)
         except (UpstreamError, RegistryError, DownloadFailed) as exc:
             raise _failed(download, exc) from None
-        return await _stream(request, download.digest, size, download.read)
+        with file:
+            return await respond(
+                request, download.digest, size, partial(_follow_file, download, file)
+            )
     finally:
         download.readers -= 1
 
 
-async def _stream(
-    request: web.Request, digest: Digest, size: int, chunks: Chunks
-) -> web.StreamResponse:
-    """Send `chunks(start, end)` of a blob of `size` bytes, as a whole or for a `Range`.
-    A source that fails after the headers went out cuts the connection: the client must see
-    a cut-off body, never a wrong one."""
-    start, end = byte_range(request, size)
-    response = web.StreamResponse(
-        status=206 if (start, end) != (0, size) else 200,
-        headers={
-            "Docker-Content-Digest": str(digest),
-            "Content-Type": "application/octet-stream",
-            "Accept-Ranges": "bytes",
-        },
-    )
-    response.content_length = end - start
-    if response.status == 206:
-        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    await response.prepare(request)
-    if request.method != "HEAD":
-        try:
-            async for data in chunks(start, end):
-                await response.write(data)
-        except (DownloadFailed, RelayFailed, OSError) as exc:
-            if request.transport is not None:
-                request.transport.abort()
-            raise ResponseAborted(str(exc)) from None
-    await response.write_eof()
-    return response
+async def _follow_file(
+    download: Download, file: BinaryIO, request: web.Request, response: web.StreamResponse,
+    start: int, end: int,
+) -> None:  # fmt: skip
+    """Send the download's file with sendfile, each span as soon as it may go."""
+    async for position, limit in download.spans(start, end):
+        await send_file(file, request, response, position, limit)
 
 
 async def tags(request: web.Request, remote: Remote, _: str) -> web.StreamResponse:

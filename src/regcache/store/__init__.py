@@ -4,7 +4,7 @@ sessions, metadata in SQLite."""
 from pathlib import Path
 
 from regcache.config import ObjectStorage
-from regcache.store.blobs import BlobBackend, BlobStore, BlobUpload
+from regcache.store.blobs import BlobBackend, BlobStore, BlobUpload, read_blob
 from regcache.store.metadata import Metadata, StoredManifest
 from regcache.store.uploads import Upload, Uploads
 
@@ -20,6 +20,13 @@ def make_blob_store(data_dir: Path, object_storage: ObjectStorage | None) -> Blo
 
 
 __all__ = [
-    "BlobBackend", "BlobStore", "BlobUpload", "Metadata", "StoredManifest", "Upload", "Uploads",
+    "BlobBackend",
+    "BlobStore",
+    "BlobUpload",
+    "Metadata",
+    "StoredManifest",
+    "Upload",
+    "Uploads",
     "make_blob_store",
+    "read_blob",
 ]  # fmt: skip

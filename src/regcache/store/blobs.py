@@ -8,15 +8,16 @@ spools and verifies content there, whatever holds the blobs themselves.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
 
-from regcache.digest import Digest
+from regcache.digest import CHUNK, Digest
 from regcache.errors import RegistryError
 
 
@@ -178,3 +179,26 @@ class BlobStore(BlobBackend):
             except (RegistryError, FileNotFoundError):
                 continue
             yield StoredBlob(digest, stat.st_size, stat.st_mtime)
+
+
+async def read_blob(
+    blobs: BlobBackend, digest: Digest, start: int, end: int | None = None
+) -> AsyncIterator[bytes]:
+    """A stored blob's bytes from `start` (up to `end`), read in chunks from a worker thread,
+    from whichever store holds it."""
+    length = None if end is None else end - start
+    stream = await asyncio.to_thread(blobs.reader, digest, start, length)
+    try:
+        while length is None or length > 0:
+            data = await asyncio.to_thread(
+                stream.read, CHUNK if length is None else min(CHUNK, length)
+            )
+            if not data:
+                if length:
+                    raise OSError(f"stored blob {digest} ended {length} bytes early")
+                return
+            if length is not None:
+                length -= len(data)
+            yield data
+    finally:
+        await asyncio.to_thread(stream.close)

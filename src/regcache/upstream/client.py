@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from email.message import Message
 from fnmatch import fnmatchcase
+from typing import Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -18,6 +20,7 @@ from regcache.digest import Digest
 from regcache.errors import ErrorCode, RegistryError
 from regcache.metrics import Metrics
 from regcache.upstream.auth import Authenticator, AuthError, Challenge
+from regcache.upstream.blocking import BlockingResponse
 from regcache.upstream.ratelimit import RateLimit
 
 log = logging.getLogger("regcache.upstream")
@@ -26,7 +29,24 @@ REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 
 
-def _request_id(response: aiohttp.ClientResponse) -> str | None:
+class Response(Protocol):
+    """What the request logic reads of a response, from aiohttp or from a blocking client."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str] | Message: ...
+
+    def release(self) -> None: ...
+
+
+R = TypeVar("R", bound=Response)
+Send = Callable[[str, str, dict[str, str]], Awaitable[R]]  # method, URL, headers
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)  # TimeoutError is an OSError
+
+
+def _request_id(response: Response) -> str | None:
     """The upstream's id for a request, where it gives one."""
     for header in ("X-Request-Id", "Docker-Request-Id", "X-Amz-Cf-Id"):
         if header in response.headers:
@@ -67,7 +87,8 @@ class UpstreamError(Exception):
 
 
 class UpstreamClient:
-    """Requests to one configured upstream registry over a shared connection pool."""
+    """Requests to one configured upstream registry over a shared connection pool; blob
+    downloads over connections of their own, read by a worker thread."""
 
     def __init__(self, config: Upstream, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self.config = config
@@ -76,11 +97,12 @@ class UpstreamClient:
         self.auth = Authenticator(config.username, config.secret())
         self.ratelimit = RateLimit()
         self.download_slots = asyncio.Semaphore(config.max_downloads)
-        self.ssl: ssl.SSLContext | bool = True
+        self.ssl = ssl.create_default_context(
+            cafile=str(config.ca_file) if config.ca_file is not None else None
+        )
         if not config.tls_verify:
-            self.ssl = False
-        elif config.ca_file is not None:
-            self.ssl = ssl.create_default_context(cafile=str(config.ca_file))
+            self.ssl.check_hostname = False
+            self.ssl.verify_mode = ssl.CERT_NONE
         self.timeout = aiohttp.ClientTimeout(
             total=None, connect=config.timeout, sock_connect=config.timeout,
             sock_read=config.timeout,
@@ -107,27 +129,42 @@ class UpstreamClient:
             return True
         return any(fnmatchcase(host, glob) for glob in self.config.trusted_redirects)
 
-    async def _follow_redirects(self, response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    async def _send(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        return await self.session.request(
+            method, url, headers=headers, ssl=self.ssl, timeout=self.timeout,
+            allow_redirects=False,
+        )  # fmt: skip
+
+    async def _send_blocking(
+        self, method: str, url: str, headers: dict[str, str]
+    ) -> BlockingResponse:
+        return await asyncio.to_thread(
+            BlockingResponse.open, method, url, headers, self.ssl, self.config.timeout
+        )
+
+    async def _follow_redirects(self, send: Send[R], response: R, method: str, url: str) -> R:
         """Follow redirects to trusted hosts only, without our credentials."""
         for _ in range(MAX_REDIRECTS):
             if response.status not in REDIRECTS:
                 return response
-            location = urljoin(str(response.url), response.headers.get("Location", ""))
-            method = response.method
+            url = urljoin(url, response.headers.get("Location", ""))
             response.release()
-            if not self.redirect_allowed(location):
-                host = urlsplit(location).hostname
+            if not self.redirect_allowed(url):
+                host = urlsplit(url).hostname
                 raise UpstreamError(f"{self.name}: redirect to untrusted host {host} refused")
-            response = await self.session.request(
-                method, location, ssl=self.ssl, timeout=self.timeout, allow_redirects=False
-            )
+            response = await send(method, url, {})
         response.release()
         raise UpstreamError(f"{self.name}: too many redirects")
 
     @asynccontextmanager
-    async def download(self, repo: str, digest: Digest) -> AsyncIterator[aiohttp.ClientResponse]:
-        """GET a blob, within the upstream's limit of downloads at once."""
-        async with self.download_slots, self.request("GET", repo, f"blobs/{digest}") as response:
+    async def download(self, repo: str, digest: Digest) -> AsyncIterator[BlockingResponse]:
+        """GET a blob, within the upstream's limit of downloads at once; its body is read
+        with blocking calls (from a worker thread)."""
+        path = f"blobs/{digest}"
+        async with (
+            self.download_slots,
+            self._exchange("GET", repo, path, {}, self._send_blocking) as response,
+        ):
             yield response
 
     @asynccontextmanager
@@ -135,16 +172,21 @@ class UpstreamClient:
         self, method: str, repo: str, path: str, headers: dict[str, str] | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """An upstream response with status 2xx; anything else raises `UpstreamError`."""
+        async with self._exchange(method, repo, path, headers or {}, self._send) as response:
+            yield response
+
+    @asynccontextmanager
+    async def _exchange(
+        self, method: str, repo: str, path: str, headers: dict[str, str], send: Send[R]
+    ) -> AsyncIterator[R]:
+        """`request`, over whichever client `send` uses."""
         url = f"{self.config.url}/v2/{repo}/{path}"
         scope = f"repository:{repo}:pull"
         attempt, answered_challenge = 0, False
         while True:
             try:
-                response = await self.session.request(
-                    method, url, headers={**(headers or {}), **self.auth.header(scope)},
-                    ssl=self.ssl, timeout=self.timeout, allow_redirects=False,
-                )  # fmt: skip
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                response = await send(method, url, {**headers, **self.auth.header(scope)})
+            except TRANSPORT_ERRORS as exc:
                 reason = type(exc).__name__
                 if attempt < self.config.retries:
                     attempt += 1
@@ -155,8 +197,8 @@ class UpstreamClient:
                 self.metrics.upstream_failed(self.name, None, reason)
                 raise UpstreamError(f"{self.name}: {reason}") from None
             try:
-                response = await self._follow_redirects(response)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                response = await self._follow_redirects(send, response, method, url)
+            except TRANSPORT_ERRORS as exc:
                 reason = type(exc).__name__
                 raise UpstreamError(f"{self.name}: redirected request failed: {reason}") from None
             self.ratelimit.observe(response.headers)
@@ -183,7 +225,7 @@ class UpstreamClient:
                     raise UpstreamError(
                         f"{self.name}: authentication failed: {exc}", status=exc.status
                     ) from None
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                except TRANSPORT_ERRORS as exc:
                     reason = type(exc).__name__
                     raise UpstreamError(f"{self.name}: token service failed: {reason}") from None
                 raise UpstreamError(f"{self.name}: authentication required", status=401)
