@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import shutil
 import sys
 import time
@@ -191,6 +192,7 @@ class Bench:
         except Exception as exc:
             self.broken[kind] = str(exc)
             raise
+        os.sync()  # no writeback left from the target before slows this one down
         try:
             yield target
         finally:
