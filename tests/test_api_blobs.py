@@ -36,6 +36,18 @@ def test_monolithic_upload_then_get_head_and_ranges(client: Client) -> None:
     assert past_end.status_code == 416
 
 
+def test_empty_blob_on_one_kept_alive_connection(client: Client) -> None:
+    digest = client.push_blob("blobs/empty", b"")
+    with requests.Session() as session:  # a wrong body would break the next answer
+        url = f"{client.url}/v2/blobs/empty/blobs/{digest}"
+        for method in ("GET", "HEAD", "GET"):
+            got = session.request(method, url)
+            assert got.status_code == 200 and got.content == b"", method
+            assert got.headers["Content-Length"] == "0"
+            assert got.headers["Docker-Content-Digest"] == digest
+        assert session.get(f"{client.url}/v2/").status_code == 200
+
+
 def test_unknown_blob_is_blob_unknown(client: Client) -> None:
     response = client.get(f"blobs/none/blobs/{sha256(b'absent')}")
     assert response.status_code == 404 and errors_of(response) == ["BLOB_UNKNOWN"]
