@@ -122,9 +122,8 @@ class PullThrough:
     def blob(self, remote: Remote, digest: Digest) -> tuple[Digest | Download | Relay, str]:
         """A cached blob (`hit`: its digest, to serve from the store), the download that
         brings it, started now (`miss`) or earlier (`joined`), or another replica's download
-        of it (`relayed`). Content that
-        only hosted repositories hold is not served here: which tenant pushed what must not
-        show through a cached name."""
+        of it (`relayed`). Content that only hosted repositories hold is not served here:
+        which tenant pushed what must not show through a cached name."""
         meta = self.registry.meta
         if digest not in self.downloads.active and meta.blob_cached(digest):
             return digest, "hit"
@@ -137,15 +136,27 @@ class PullThrough:
             )
         if digest in self.downloads.active:
             return self.downloads.active[digest], "joined"
-        if self.fleet is not None and declared:
-            address = self.fleet.claim(digest)
-            if address is not None:
-                takeover = partial(self._takeover, remote, digest)
-                return Relay(self.fleet, digest, address, declared, takeover), "relayed"
-            if meta.blob_cached(digest):  # stored by a replica that let go of it just now
-                self.fleet.release(digest)
-                return digest, "hit"
-        return self._download(remote, digest), "miss"
+        if self.fleet is None or not declared:
+            return self._download(remote, digest), "miss"
+        claimed = self._claim(remote, digest)
+        if isinstance(claimed, str):
+            takeover = partial(self._takeover, remote, digest)
+            return Relay(self.fleet, digest, claimed, declared, takeover), "relayed"
+        if claimed is None:
+            return digest, "hit"
+        return claimed, "miss"
+
+    def _claim(self, remote: Remote, digest: Digest) -> str | Download | None:
+        """Claim the fleet's one download of `digest`: the address of the replica that holds
+        it, this replica's new download, or None when it was stored meanwhile."""
+        assert self.fleet is not None
+        address = self.fleet.claim(digest)
+        if address is not None:
+            return address
+        if self.registry.meta.blob_cached(digest):  # a replica stored it and let go just now
+            self.fleet.release(digest)
+            return None
+        return self._download(remote, digest)
 
     def _download(self, remote: Remote, digest: Digest) -> Download:
         """Start the one download of `digest` from the upstream."""
@@ -168,14 +179,13 @@ class PullThrough:
             return partial(read_blob, self.registry.blobs, digest)
         download = self.downloads.active.get(digest)
         if download is None:
-            address = self.fleet.claim(digest)
-            if address is not None:
-                relay.address = address
+            claimed = self._claim(remote, digest)
+            if isinstance(claimed, str):
+                relay.address = claimed
                 return None
-            if self.registry.meta.blob_cached(digest):
-                self.fleet.release(digest)
+            if claimed is None:
                 return partial(read_blob, self.registry.blobs, digest)
-            download = self._download(remote, digest)
+            download = claimed
         return lambda position: download.read(position, relay.size)
 
     async def blob_size(self, remote: Remote, digest: Digest) -> int | None:
