@@ -34,11 +34,10 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import report  # noqa: E402
-from load import LoadError, pull  # noqa: E402
-from report import Metric, machine  # noqa: E402
+from load import pull  # noqa: E402
+from report import Metric, add_param_options, chosen_params, machine  # noqa: E402
 from run import regcache_version  # noqa: E402
-from targets import TAG, Published, TargetError, Upstream  # noqa: E402
-from tooling.peers import http_request  # noqa: E402
+from targets import TAG, Published, TargetError, Upstream, wait_warm  # noqa: E402
 from tooling.postgres import Postgres, postgres_bin  # noqa: E402
 from tooling.seaweed import WEED, SeaweedFS  # noqa: E402
 from tooling.server import Regcache  # noqa: E402
@@ -85,38 +84,20 @@ def metrics(p: Params) -> list[Metric]:
 class Results(report.Results):
     """The samples of `report.Results`, with the replica counts as its targets ("1", "3")."""
 
+    columns_key = failure_key = "replicas"
+
     def __init__(self, rows: Iterable[Metric], counts: tuple[int, int]) -> None:
         super().__init__(rows)
         self.counts = counts
+
+    def columns(self) -> Iterable[str]:
+        return [str(count) for count in self.counts]
 
     def ratio(self, key: str) -> str:
         one, many = (self.value(key, str(count)) for count in self.counts)
         if one is None or many is None or not one:
             return "—"
         return f"{many / one:.2f}x"
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, metric in self.metrics.items():
-            out[key] = {
-                "label": metric.label,
-                "unit": metric.unit,
-                "higher_is_better": metric.higher_is_better,
-                "replicas": {
-                    str(count): (
-                        {"samples": samples, "value": metric.summary(samples)}
-                        if (samples := self.samples[key].get(str(count)))
-                        else {"error": self.errors[key][str(count)]}
-                    )
-                    for count in self.counts
-                    if str(count) in self.samples[key] or str(count) in self.errors[key]
-                },
-            }
-        failures = [
-            {"replicas": count, "scenario": scenario, "error": message}
-            for count, scenario, message in self.failures
-        ]
-        return {"metrics": out, "details": self.details, "failures": failures}
 
     def markdown(self, header: list[str]) -> str:
         one, many = self.counts
@@ -278,24 +259,6 @@ COLD_KEYS = ["cold_s", "cold_x", "cold_gets", "cold_max_gets"]
 WARM_KEYS = ["warm_mibs", "warm_s"]
 
 
-def wait_warm(b: Bench, fleet: Fleet) -> None:
-    """Wait until every replica answers a HEAD of every blob without a request upstream."""
-    assert b.image is not None
-    deadline = time.monotonic() + b.params.timeout
-    while True:
-        b.upstream.mark()
-        for url in fleet.urls:
-            for blob in b.image.image.blobs:
-                blob_url = f"{url}/v2/{b.image.repo}/blobs/{blob.digest}"
-                if (status := http_request("HEAD", blob_url)[0]) != 200:
-                    raise LoadError(f"HEAD {blob_url}: HTTP {status}")
-        if not b.upstream.traffic().requests:
-            return
-        if time.monotonic() > deadline:
-            raise LoadError(f"blobs not stored after {b.params.timeout} s")
-        time.sleep(0.5)
-
-
 def run_count(b: Bench, count: int) -> None:
     """Cold pulls on a new fleet per repetition, then warm pulls on the last one."""
     p, image = b.params, b.image
@@ -318,7 +281,8 @@ def run_count(b: Bench, count: int) -> None:
                 for key, values in samples.items():
                     b.add(key, count, values)
                 scenario = "concurrent warm pulls"
-                wait_warm(b, fleet)
+                digests = [blob.digest for blob in b.image.image.blobs]
+                wait_warm(b.upstream, fleet.urls, b.image.repo, digests, b.params.timeout)
                 seconds, upstream_requests = [], []
                 for _ in range(p.reps):
                     b.upstream.mark()
@@ -390,21 +354,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "fleet.json")
     parser.add_argument("--workdir", type=Path, help="parent of the scratch directory (/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    for field in dataclasses.fields(Params):
-        kind = float if field.name == "timeout" else int
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, dest=field.name)
+    add_param_options(parser, Params)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run both fleet sizes, print the table, write the JSON; 1 if anything failed."""
     args = parse_args(argv)
-    overrides = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(Params)
-        if getattr(args, field.name) is not None
-    }
-    params = dataclasses.replace(QUICK if args.quick else FULL, **overrides)
+    params = chosen_params(args, QUICK, FULL)
     if params.replicas < 2 or params.reps < 1 or params.clients < 1:
         raise SystemExit("--replicas must be at least 2, --reps and --clients at least 1")
     started_at, started, info = datetime.now(UTC), time.monotonic(), machine()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import platform
 import statistics
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 TARGETS = {"regcache": "regcache", "registry": "docker-registry proxy", "nginx": "nginx sendfile"}
+P = TypeVar("P")  # a dataclass of sizes and counts
 RATIOS = (("registry", "regcache / docker-registry"), ("nginx", "regcache / nginx"))
 
 
@@ -34,6 +37,12 @@ class Metric:
 
 class Results:
     """Samples (or an error) per metric and target, plus details kept for the JSON."""
+
+    columns_key, failure_key = "targets", "target"  # the JSON's names for a column
+
+    def columns(self) -> Iterable[str]:
+        """The columns, in table order: the targets."""
+        return TARGETS
 
     def __init__(self, metrics: Iterable[Metric]) -> None:
         self.metrics = {metric.key: metric for metric in metrics}
@@ -77,26 +86,26 @@ class Results:
         return f"{mine / theirs:.2f}x"
 
     def to_json(self) -> dict[str, Any]:
-        """Every metric with its samples, summaries and errors per target."""
+        """Every metric with its samples, summaries and errors per column."""
         out: dict[str, Any] = {}
         for key, metric in self.metrics.items():
             out[key] = {
                 "label": metric.label,
                 "unit": metric.unit,
                 "higher_is_better": metric.higher_is_better,
-                "targets": {
-                    target: (
+                self.columns_key: {
+                    column: (
                         {"samples": samples, "value": metric.summary(samples)}
-                        if (samples := self.samples[key].get(target))
-                        else {"error": self.errors[key][target]}
+                        if (samples := self.samples[key].get(column))
+                        else {"error": self.errors[key][column]}
                     )
-                    for target in TARGETS
-                    if target in self.samples[key] or target in self.errors[key]
+                    for column in self.columns()
+                    if column in self.samples[key] or column in self.errors[key]
                 },
             }
         failures = [
-            {"target": target, "scenario": scenario, "error": message}
-            for target, scenario, message in self.failures
+            {self.failure_key: column, "scenario": scenario, "error": message}
+            for column, scenario, message in self.failures
         ]
         return {"metrics": out, "details": self.details, "failures": failures}
 
@@ -170,3 +179,20 @@ def header(info: dict[str, Any], params: dict[str, Any], regcache: str) -> list[
         "Each value is the median of the repetitions (peak RSS: the maximum); "
         "↑ higher is better, ↓ lower is better.",
     ]
+
+
+def add_param_options(parser: argparse.ArgumentParser, params: type[Any]) -> None:
+    """An option for every field of a parameters dataclass (`--blob-mib`), unset by default."""
+    for field in dataclasses.fields(params):
+        kind = float if field.type in ("float", float) else int
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, dest=field.name)
+
+
+def chosen_params(args: argparse.Namespace, quick: P, full: P) -> P:
+    """The preset `--quick` chose, with every size given on the command line over it."""
+    overrides = {
+        field.name: value
+        for field in dataclasses.fields(full)
+        if (value := getattr(args, field.name)) is not None
+    }
+    return dataclasses.replace(quick if args.quick else full, **overrides)

@@ -24,7 +24,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from report import TARGETS, header, machine  # noqa: E402
+from report import TARGETS, add_param_options, chosen_params, header, machine  # noqa: E402
 from scenarios import FULL, QUICK, Bench, Params, run_all  # noqa: E402
 
 
@@ -40,8 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, help="parent of the scratch directory (/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    for field in dataclasses.fields(Params):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, dest=field.name)
+    add_param_options(parser, Params)
     return parser.parse_args(argv)
 
 
@@ -63,12 +62,7 @@ def regcache_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario, print the table, write the JSON."""
     args = parse_args(argv)
-    overrides = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(Params)
-        if getattr(args, field.name) is not None
-    }
-    params = dataclasses.replace(QUICK if args.quick else FULL, **overrides)
+    params = chosen_params(args, QUICK, FULL)
     targets = [name.strip() for name in args.targets.split(",") if name.strip()]
     if unknown := set(targets) - set(TARGETS):
         raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")

@@ -24,6 +24,7 @@ from targets import (
     Target,
     TargetError,
     Upstream,
+    wait_warm,
 )
 from tooling.peers import http_request
 from tooling.server import PeakRss
@@ -230,26 +231,6 @@ class Bench:
         )
 
 
-def wait_warm(b: Bench, target: Target, repo: str, digests: Iterable[str]) -> None:
-    """Wait until the target answers a HEAD for every blob without asking upstream.
-
-    docker-registry's proxy stores a blob with a second upstream download of its own, in the
-    background, and serves every request from upstream again until that download is stored.
-    """
-    deadline = time.monotonic() + b.params.timeout
-    while True:
-        b.upstream.mark()
-        for digest in digests:
-            url = f"{target.url}/v2/{repo}/blobs/{digest}"
-            if (status := http_request("HEAD", url)[0]) != 200:
-                raise LoadError(f"HEAD {url}: HTTP {status}")
-        if not b.upstream.traffic().requests:
-            return
-        if time.monotonic() > deadline:
-            raise LoadError(f"blobs of {repo} not stored after {b.params.timeout} s")
-        time.sleep(0.5)
-
-
 def warm_blob(b: Bench, kind: str) -> None:
     """Scenario 1 (and 6b): stream the big blob from a warm target to 1, N and 32 clients."""
     p, image = b.params, b.images["blob"]
@@ -261,7 +242,7 @@ def warm_blob(b: Bench, kind: str) -> None:
         )
         if kind != "nginx":
             stream(clients=1)
-            wait_warm(b, target, image.repo, [blob.digest])
+            wait_warm(b.upstream, [target.url], image.repo, [blob.digest], p.timeout)
         b.upstream.mark()
         b.add("blob_1", kind, [stream(clients=1).mib_per_s for _ in range(p.reps)])
         runs = [stream(clients=p.blob_clients).mib_per_s for _ in range(p.reps)]
@@ -322,7 +303,8 @@ def warm_pulls(b: Bench, kind: str, target: Target, image: Published) -> None:
     """Scenario 4: pulls of an image the target already holds, by 1 and N clients."""
     p = b.params
     with b.attempt("warm pull", WARM_KEYS, kind):
-        wait_warm(b, target, image.repo, [blob.digest for blob in image.image.blobs])
+        digests = [blob.digest for blob in image.image.blobs]
+        wait_warm(b.upstream, [target.url], image.repo, digests, p.timeout)
         for key, clients in (("warm_pull_1_s", 1), ("warm_pull_many_s", p.pull_clients)):
             b.upstream.mark()
             b.add(key, kind, [b.pull(target, image, clients) for _ in range(p.reps)])

@@ -11,12 +11,14 @@ import subprocess
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import psutil
 import yaml
+from load import LoadError
 from tooling.images import Descriptor, Image, make_image
 from tooling.peers import (
     AccessEntry,
@@ -299,3 +301,26 @@ http {{
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
+
+
+def wait_warm(
+    upstream: Upstream, urls: Iterable[str], repo: str, digests: Iterable[str], timeout: float
+) -> None:
+    """Wait until every server at `urls` answers a HEAD for every blob without asking upstream.
+
+    docker-registry's proxy stores a blob with a second upstream download of its own, in the
+    background, and serves every request from upstream again until that download is stored.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        upstream.mark()
+        for url in urls:
+            for digest in digests:
+                blob_url = f"{url}/v2/{repo}/blobs/{digest}"
+                if (status := http_request("HEAD", blob_url)[0]) != 200:
+                    raise LoadError(f"HEAD {blob_url}: HTTP {status}")
+        if not upstream.traffic().requests:
+            return
+        if time.monotonic() > deadline:
+            raise LoadError(f"blobs of {repo} not stored after {timeout} s")
+        time.sleep(0.5)
